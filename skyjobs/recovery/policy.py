@@ -1,6 +1,11 @@
 """Placement strategies: rank the candidates for the next attempt of a job.
 
-Pure code. The controller and the replay simulator call the same :func:`rank`.
+Pure code. The controller and the replay simulator (``skyjobs.recovery.simulator``) call the
+same :func:`rank` and :func:`deadline_decision`; see docs/policy.md for the model.
+
+Contract with the caller: launch the first :class:`Ranked`; on a capacity error record
+``no_capacity`` in the memory, advance ``now`` and call :func:`rank` again, so every retry
+sees the newest evidence.
 """
 
 from __future__ import annotations
@@ -8,18 +13,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from skyjobs.pricing.catalog import Placement
+from skyjobs.pricing.prices import PriceBook
+from skyjobs.recovery.memory import MemoryConfig, MemoryKey, PreemptionMemory
 from skyjobs.recovery.placement import Candidate
+from skyjobs.spec import JobRecovery
 
 ZoneKey = tuple[str, str, str]  # (cloud, zone, instance_type)
+
+_PRIOR = PreemptionMemory(MemoryConfig())  # an empty memory answers with the prior
 
 
 def zone_key(p: Placement) -> ZoneKey:
     return (p.cloud, p.zone, p.instance_type)
 
 
+def memory_key(p: Placement) -> MemoryKey:
+    return (p.cloud, p.region, p.zone, p.instance_type, p.use_spot)
+
+
 @dataclass
 class RankingContext:
-    """What a strategy may know when it ranks: the job's history and the clock."""
+    """What a strategy may know when it ranks: the job's history and the clock (seconds)."""
 
     strategy: str
     ordered: bool
@@ -30,6 +44,17 @@ class RankingContext:
     deadline_at: float | None = None
     expected_runtime_s: float | None = None
     progress_s: float = 0.0
+    memory: PreemptionMemory | None = None
+    prices: PriceBook | None = None
+    restart_s: float = 180.0  # launch to useful work, including checkpoint restore
+    checkpoint_interval_s: float = 1800.0
+    checkpoint_save_s: float = 30.0  # a notice at least this long lets the job checkpoint
+    notice_s: float = 0.0  # preemption notice the cloud gives (AWS 120, GCP 30)
+    launch_fail_s: float = 60.0  # wall time a failed launch attempt costs
+    submitted_at: float | None = None  # start of the uniform-progress line
+    running: bool = False  # ``last`` is up and making progress right now
+    last_preempted: Placement | None = None  # most recent preemption of this job
+    deadline_guard: bool = True  # any strategy falls back to on-demand to meet a deadline
 
 
 @dataclass(frozen=True)
@@ -39,34 +64,186 @@ class Ranked:
     reason: str
 
 
+@dataclass(frozen=True)
+class Decision:
+    use_spot: bool
+    reason: str
+
+
+def effective_strategy(recovery: JobRecovery) -> str:
+    """The strategy a job runs: the named one, else DEADLINE_AWARE when the job has a deadline
+    and an expected runtime, else COST_AWARE."""
+    if recovery.strategy:
+        return recovery.strategy
+    if recovery.deadline_hours is not None and recovery.expected_runtime_hours is not None:
+        return "DEADLINE_AWARE"
+    return "COST_AWARE"
+
+
+# ---------------------------------------------------------------------------------------------
+# Deadline: when to use on-demand
+
+
+def lost_work_s(ctx: RankingContext) -> float:
+    """Worst-case work a preemption destroys: none when the notice leaves time to checkpoint."""
+    return 0.0 if ctx.notice_s >= ctx.checkpoint_save_s else ctx.checkpoint_interval_s
+
+
+def slack_s(ctx: RankingContext) -> float | None:
+    """Time to spare: time left to the deadline minus the work left."""
+    if ctx.deadline_at is None or ctx.expected_runtime_s is None:
+        return None
+    remaining = max(0.0, ctx.expected_runtime_s - ctx.progress_s)
+    return (ctx.deadline_at - ctx.now) - remaining
+
+
+def safety_reserve_s(ctx: RankingContext) -> float:
+    """Slack that must stay unspent: one more spot mishap (a failed launch, or a launch that is
+    preempted at once) and then the restart onto on-demand."""
+    mishap = max(ctx.launch_fail_s, ctx.restart_s + lost_work_s(ctx))
+    return ctx.restart_s + mishap
+
+
+def _behind_uniform_progress(ctx: RankingContext, margin_s: float) -> bool:
+    """Uniform Progress (Wu et al., NSDI'24): spend the initial slack no faster than evenly over
+    the time to the deadline. True when the slack used so far (plus margin) exceeds that."""
+    assert ctx.deadline_at is not None and ctx.expected_runtime_s is not None
+    start = ctx.submitted_at if ctx.submitted_at is not None else ctx.now - ctx.progress_s
+    total = ctx.deadline_at - start
+    if total <= 0:
+        return True
+    elapsed = max(0.0, ctx.now - start)
+    budget = (total - ctx.expected_runtime_s) * elapsed / total
+    used = elapsed - ctx.progress_s
+    return used + margin_s > budget
+
+
+def deadline_decision(ctx: RankingContext) -> Decision:
+    """Spot or on-demand for the job's next step (a launch, or staying where it runs).
+
+    Every strategy with ``deadline_guard`` commits to on-demand once the slack is down to the
+    safety reserve. DEADLINE_AWARE also keeps to the uniform-progress line: after spot proved
+    unavailable while behind the line it uses on-demand, and leaves on-demand for spot only once
+    it is ahead by enough slack to pay for the switch (hysteresis against flapping).
+    """
+    slack = slack_s(ctx)
+    if slack is None:
+        return Decision(True, "no deadline")
+    reserve = safety_reserve_s(ctx)
+    on_od = ctx.last is not None and not ctx.last.use_spot and ctx.running
+    if ctx.deadline_guard and slack <= reserve + (ctx.restart_s if on_od else 0.0):
+        return Decision(False, f"slack {slack / 3600:.2f} h at the safety reserve: on-demand")
+    if ctx.strategy != "DEADLINE_AWARE":
+        return Decision(True, f"slack {slack / 3600:.2f} h")
+    if on_od:
+        margin = 2 * ctx.restart_s + ctx.launch_fail_s
+        if _behind_uniform_progress(ctx, margin):
+            return Decision(False, "not yet ahead of uniform progress: stay on-demand")
+        return Decision(True, "ahead of uniform progress: back to spot")
+    spot_just_failed = (ctx.last_end == "no_capacity" and ctx.last is not None
+                        and ctx.last.use_spot)
+    if spot_just_failed and _behind_uniform_progress(ctx, 0.0):
+        return Decision(False, "behind uniform progress and spot unavailable: on-demand")
+    return Decision(True, f"slack {slack / 3600:.2f} h, spot")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost model
+
+
+def _price(p: Placement, ctx: RankingContext) -> tuple[float, str]:
+    if ctx.prices is None:
+        return p.price_per_hour, f"${p.price_per_hour:.3f}/h"
+    quote = ctx.prices.quote(p.offering, p.use_spot, ctx.now)
+    price = quote.price if quote.price is not None else p.price_per_hour
+    return price, quote.label()
+
+
+def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, str]:
+    """Expected dollars per hour of useful progress at this placement.
+
+    Each preemption costs a paid restart plus the work lost since the last checkpoint; each
+    launch that fails for lack of capacity wastes ``launch_fail_s`` of wall time, valued at the
+    placement's price without a deadline and at the on-demand price with one (wasted time
+    under a deadline is eventually bought back on on-demand).
+    """
+    price, price_label = _price(p, ctx)
+    if not p.use_spot:
+        return price, f"{price_label}, on-demand"
+    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    hazard, q = est.hazard_per_hour, min(est.p_no_capacity, 0.99)
+    loss_h = (ctx.restart_s + lost_work_s(ctx) / 2) / 3600.0
+    time_value = p.offering.ondemand_price if ctx.deadline_at is not None else price
+    wasted_h = hazard * q / (1 - q) * ctx.launch_fail_s / 3600.0
+    cost = price * (1 + hazard * loss_h) + time_value * wasted_h
+    return cost, f"{price_label}, {est.describe()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking
+
+
 def _cooling(ctx: RankingContext, p: Placement) -> bool:
     return ctx.cooldown.get(zone_key(p), 0.0) > ctx.now
 
 
-def rank(candidates: list[Candidate], ctx: RankingContext) -> list[Ranked]:
-    """Best first. Zones cooling down after a preemption go last, never away entirely."""
-    out: list[tuple[tuple[float, ...], Ranked]] = []
-    for cand in candidates:
-        if not cand.requested:
-            continue
-        p = cand.placement
+def _preempted_region(ctx: RankingContext) -> str | None:
+    if ctx.last_end == "preempted" and ctx.last is not None:
+        return ctx.last.region
+    return ctx.last_preempted.region if ctx.last_preempted is not None else None
+
+
+def _strategy_key(p: Placement, ctx: RankingContext, reasons: list[str]) -> tuple[float, ...]:
+    last = ctx.last
+    if ctx.strategy == "FAILOVER" and last is not None:
+        # Like SkyPilot: go back where the job ran, then its region, then anywhere.
+        same_zone = zone_key(p) == zone_key(last)
+        same_region = p.region == last.region
+        if same_zone:
+            reasons.append("where the job last ran")
+        return (float(not same_zone), float(not same_region))
+    if ctx.strategy == "EAGER_NEXT_REGION":
+        region = _preempted_region(ctx)
+        if region is not None and p.region == region:
+            reasons.append("region recently preempted")
+            return (1.0,)
+        return (0.0,)
+    return ()
+
+
+def _sort_key(cand: Candidate, ctx: RankingContext, spot_first: bool,
+              reasons: list[str]) -> tuple[tuple[float | str, ...], float]:
+    p = cand.placement
+    cost, cost_label = expected_cost_per_hour(p, ctx)
+    reasons.append(cost_label)
+    key: list[float | str] = []
+    if ctx.ordered:
+        key.append(float(cand.choice_index))
+        reasons.insert(0, f"ordered choice {cand.choice_index + 1}")
+    key.append(float(p.use_spot != spot_first))
+    if ctx.strategy != "FAILOVER":
         cooling = _cooling(ctx, p)
-        same_region = ctx.last is not None and p.region == ctx.last.region
-        reasons = [f"${p.price_per_hour:.3f}/h"]
+        key.append(float(cooling))
         if cooling:
             reasons.append("zone cooling down after a preemption")
-        key: tuple[float, ...]
-        if ctx.strategy == "EAGER_NEXT_REGION" and ctx.last_end == "preempted":
-            key = (float(cooling), float(same_region), p.price_per_hour)
-            if same_region:
-                reasons.append("region just preempted")
-        elif ctx.strategy == "FAILOVER" and ctx.last is not None:
-            key = (float(cooling), float(not same_region), p.price_per_hour)
-        else:
-            key = (float(cooling), p.price_per_hour)
-        if ctx.ordered:
-            key = (float(cand.choice_index), *key)
-            reasons.insert(0, f"ordered choice {cand.choice_index + 1}")
-        out.append((key, Ranked(cand, p.price_per_hour, ", ".join(reasons))))
+    key.extend(_strategy_key(p, ctx, reasons))
+    key.extend((cost, p.price_per_hour, p.label()))
+    return tuple(key), cost
+
+
+def rank(candidates: list[Candidate], ctx: RankingContext) -> list[Ranked]:
+    """Best first. Cooling zones go last, never away; on-demand twins of a spot request
+    (``requested=False``) appear only when the deadline calls for on-demand."""
+    decision = deadline_decision(ctx)
+    any_on_demand_twin = not decision.use_spot
+    out: list[tuple[tuple[float | str, ...], Ranked]] = []
+    for cand in candidates:
+        if not cand.requested and not any_on_demand_twin:
+            continue
+        reasons: list[str] = []
+        key, cost = _sort_key(cand, ctx, decision.use_spot, reasons)
+        if not cand.requested:
+            reasons.append(decision.reason)
+        out.append((key, Ranked(cand, cost, ", ".join(reasons))))
     out.sort(key=lambda item: item[0])
     return [r for _, r in out]

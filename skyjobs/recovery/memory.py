@@ -1,0 +1,170 @@
+"""Preemption memory: what past attempts say about a zone's spot market.
+
+Pure and in-memory. The controller calls :meth:`PreemptionMemory.record` for every event it
+sees and persists the same ``(key, kind, t, value)`` tuples, so after a restart
+:meth:`PreemptionMemory.from_records` rebuilds exactly the same estimates.
+
+Evidence fades exponentially: an event ``a`` seconds old weighs ``0.5 ** (a / half_life)``.
+Two clocks, because the two things change at different speeds:
+
+* capacity (``no_capacity`` vs ``launch_ok``; a preemption also says capacity just vanished)
+  is a short-lived state: outages last tens of minutes to hours, so its half-life is 1 hour;
+* the preemption hazard (``preemption`` events per ``run_seconds`` of exposure) is a trait of
+  a zone's market that drifts over a day, so its half-life is 12 hours.
+
+Both estimates are Bayesian with a weak prior (Gamma-Poisson for the hazard, Beta-Bernoulli
+for capacity), so an unseen zone is neither perfect nor hopeless, and zones of the same
+region lend each other some evidence (their spot pools are correlated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from skyjobs.exceptions import SkyjobsError
+
+MemoryKey = tuple[str, str, str, str, bool]  # (cloud, region, zone, instance_type, use_spot)
+RegionKey = tuple[str, str, str, bool]  # (cloud, region, instance_type, use_spot)
+MemoryRecord = tuple[MemoryKey, str, float, float]  # (key, kind, t, value)
+
+KINDS = ("preemption", "no_capacity", "launch_ok", "run_seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    hazard_half_life_s: float = 12 * 3600.0
+    capacity_half_life_s: float = 3600.0
+    prior_hazard_per_hour: float = 0.1  # one preemption per 10 running hours
+    prior_exposure_hours: float = 2.0  # ... worth two hours of observation
+    prior_no_capacity: float = 0.3
+    prior_attempts: float = 1.0  # ... worth one launch attempt
+    region_weight: float = 0.25  # how much a sibling zone's evidence counts
+
+
+class _Decaying:
+    """A sum of values, each decaying with the half-life, kept as (value at t_ref, t_ref)."""
+
+    __slots__ = ("value", "t_ref")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.t_ref = -math.inf
+
+    def add(self, v: float, t: float, half_life: float) -> None:
+        if t >= self.t_ref:
+            self.value = self.value * _fade(t - self.t_ref, half_life) + v
+            self.t_ref = t
+        else:  # late record: fade it to t_ref instead
+            self.value += v * _fade(self.t_ref - t, half_life)
+
+    def at(self, now: float, half_life: float) -> float:
+        if self.value == 0.0:
+            return 0.0
+        return self.value * _fade(max(0.0, now - self.t_ref), half_life)
+
+
+def _fade(age_s: float, half_life: float) -> float:
+    if math.isinf(age_s):
+        return 0.0
+    return 0.5 ** (age_s / half_life)
+
+
+# Which decaying channel each kind feeds, and with which half-life attribute.
+_CHANNELS: dict[str, tuple[tuple[str, str], ...]] = {
+    "preemption": (("preemptions", "hazard_half_life_s"), ("failures", "capacity_half_life_s")),
+    "run_seconds": (("exposure_s", "hazard_half_life_s"),),
+    "no_capacity": (("failures", "capacity_half_life_s"),),
+    "launch_ok": (("successes", "capacity_half_life_s"),),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneEstimate:
+    hazard_per_hour: float
+    p_no_capacity: float
+
+    def describe(self) -> str:
+        return f"~{self.hazard_per_hour:.2f} preemptions/h, {self.p_no_capacity:.0%} no-capacity"
+
+
+class PreemptionMemory:
+    def __init__(self, config: MemoryConfig | None = None) -> None:
+        self.config = config or MemoryConfig()
+        self._zones: dict[MemoryKey, dict[str, _Decaying]] = {}
+        self._regions: dict[RegionKey, dict[str, _Decaying]] = {}
+        self._last: dict[tuple[MemoryKey, str], float] = {}
+        self._records: list[MemoryRecord] = []
+
+    @classmethod
+    def from_records(cls, records: Iterable[MemoryRecord],
+                     config: MemoryConfig | None = None) -> PreemptionMemory:
+        mem = cls(config)
+        for key, kind, t, value in records:
+            mem.record(key, kind, t, value)
+        return mem
+
+    def records(self) -> list[MemoryRecord]:
+        return list(self._records)
+
+    def record(self, key: MemoryKey, kind: str, t: float, value: float = 1.0) -> None:
+        """``value`` is a count (1 by default), or seconds for ``run_seconds``."""
+        if kind not in _CHANNELS:
+            raise SkyjobsError(f"unknown memory record kind {kind!r} (known: {', '.join(KINDS)})")
+        if value < 0 or not math.isfinite(value) or not math.isfinite(t):
+            raise SkyjobsError(f"memory record {kind} needs a finite value >= 0, got {value}")
+        key = _norm(key)
+        for store in (self._zones.setdefault(key, {}),
+                      self._regions.setdefault(_region(key), {})):
+            for channel, half_life_attr in _CHANNELS[kind]:
+                store.setdefault(channel, _Decaying()).add(
+                    value, t, getattr(self.config, half_life_attr))
+        self._last[(key, kind)] = max(t, self._last.get((key, kind), -math.inf))
+        self._records.append((key, kind, t, value))
+
+    def last(self, key: MemoryKey, kind: str) -> float | None:
+        return self._last.get((_norm(key), kind))
+
+    def _evidence(self, key: MemoryKey, channel: str, half_life: float, now: float) -> float:
+        key = _norm(key)
+        own = _get(self._zones.get(key), channel, now, half_life)
+        region = _get(self._regions.get(_region(key)), channel, now, half_life)
+        return own + self.config.region_weight * max(0.0, region - own)
+
+    def hazard_per_hour(self, key: MemoryKey, now: float) -> float:
+        """Expected preemptions per running hour (0 for on-demand)."""
+        if not key[4]:
+            return 0.0
+        c, hl = self.config, self.config.hazard_half_life_s
+        events = self._evidence(key, "preemptions", hl, now)
+        hours = self._evidence(key, "exposure_s", hl, now) / 3600.0
+        prior_events = c.prior_hazard_per_hour * c.prior_exposure_hours
+        return (prior_events + events) / (c.prior_exposure_hours + hours)
+
+    def p_no_capacity(self, key: MemoryKey, now: float) -> float:
+        """Probability that a launch there fails for lack of capacity (0 for on-demand)."""
+        if not key[4]:
+            return 0.0
+        c, hl = self.config, self.config.capacity_half_life_s
+        fails = self._evidence(key, "failures", hl, now)
+        oks = self._evidence(key, "successes", hl, now)
+        return (c.prior_no_capacity * c.prior_attempts + fails) / (c.prior_attempts + fails + oks)
+
+    def estimate(self, key: MemoryKey, now: float) -> ZoneEstimate:
+        return ZoneEstimate(self.hazard_per_hour(key, now), self.p_no_capacity(key, now))
+
+
+def _norm(key: MemoryKey) -> MemoryKey:
+    cloud, region, zone, itype, spot = key
+    return (cloud, region, zone, itype, bool(spot))
+
+
+def _region(key: MemoryKey) -> RegionKey:
+    return (key[0], key[1], key[3], key[4])
+
+
+def _get(store: dict[str, _Decaying] | None, channel: str, now: float, half_life: float) -> float:
+    if store is None or channel not in store:
+        return 0.0
+    return store[channel].at(now, half_life)
