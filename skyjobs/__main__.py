@@ -1,0 +1,3 @@
+from skyjobs.cli import run
+
+run()

@@ -1,0 +1,335 @@
+"""The node agent: runs one node of one attempt and keeps the controller informed.
+
+Started by the provider with ``SKYJOBS_CONTROLLER_URL``, ``SKYJOBS_ATTEMPT_ID``,
+``SKYJOBS_AGENT_TOKEN`` (this attempt's own credential), ``SKYJOBS_NODE_RANK`` and
+``SKYJOBS_METADATA_URL`` (the instance metadata service). It fetches its task, prepares the
+checkpoint buckets, runs ``setup`` then ``run``, heartbeats, ships logs, and watches the
+preemption notice: on a notice it tells the controller at once, signals the job so it can
+checkpoint, and uploads COPY buckets. Reports are retried until the controller takes them,
+so a controller restart loses nothing.
+
+Stdlib only: it must start fast and install anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from skyjobs.checkpoint.buckets import BucketSet, MountedBucket, local_bucket_dir, node_path
+
+REPORT_RETRY_SECONDS = 3600.0  # how long an exit report is retried while the controller is away
+FETCH_RETRY_SECONDS = 600.0
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} agent: {msg}", flush=True)
+
+
+class ControllerClient:
+    def __init__(self, url: str, attempt_id: str, token: str, rank: int) -> None:
+        self.base = f"{url.rstrip('/')}/agent/v1/attempts/{attempt_id}"
+        self.token = token
+        self.rank = rank
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                ctype: str = "application/json", timeout: float = 10.0) -> bytes:
+        req = urllib.request.Request(f"{self.base}{path}", data=body, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if body is not None:
+            req.add_header("Content-Type", ctype)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return bytes(resp.read())
+
+    def call(self, method: str, path: str, payload: Any = None, timeout: float = 10.0) -> Any:
+        body = None if payload is None else json.dumps(payload).encode()
+        return json.loads(self.request(method, path, body, timeout=timeout) or b"null")
+
+    def retrying(self, fn: Any, budget: float, what: str) -> Any:
+        """Retry transient failures (controller down, 5xx) with backoff; 4xx is final."""
+        deadline, delay = time.monotonic() + budget, 0.2
+        while True:
+            try:
+                return fn()
+            except urllib.error.HTTPError as err:
+                if 400 <= err.code < 500:
+                    raise
+                problem = f"HTTP {err.code}"
+            except (OSError, ValueError) as err:
+                problem = str(err)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: gave up: {problem}")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def report(self, event: dict[str, Any], budget: float = REPORT_RETRY_SECONDS) -> Any:
+        event = {**event, "rank": self.rank}
+        return self.retrying(lambda: self.call("POST", "/events", event), budget,
+                             f"report {event.get('kind')}")
+
+
+class NoticeWatcher(threading.Thread):
+    """Polls the IMDSv2-style spot instance-action endpoint and fires once."""
+
+    def __init__(self, metadata_url: str, interval: float, on_notice: Any) -> None:
+        super().__init__(daemon=True, name="notice")
+        self.url = metadata_url.rstrip("/")
+        self.interval = interval
+        self.on_notice = on_notice
+        self._token: str | None = None
+
+    def _token_header(self) -> dict[str, str]:
+        if self._token is None:
+            req = urllib.request.Request(f"{self.url}/latest/api/token", method="PUT")
+            req.add_header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                self._token = resp.read().decode()
+        return {"X-aws-ec2-metadata-token": self._token}
+
+    def poll(self) -> dict[str, Any] | None:
+        req = urllib.request.Request(f"{self.url}/latest/meta-data/spot/instance-action",
+                                     headers=self._token_header())
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as err:
+            if err.code == 401:
+                self._token = None  # the token expired: fetch a new one next time
+            return None
+
+    def run(self) -> None:
+        while True:
+            try:
+                notice = self.poll()
+            except (OSError, ValueError):
+                notice = None
+            if notice is not None:
+                self.on_notice(notice)
+                return
+            time.sleep(self.interval)
+
+
+class Agent:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.rank = int(env.get("SKYJOBS_NODE_RANK", "0"))
+        self.client = ControllerClient(env["SKYJOBS_CONTROLLER_URL"], env["SKYJOBS_ATTEMPT_ID"],
+                                       env["SKYJOBS_AGENT_TOKEN"], self.rank)
+        self.metadata_url = env.get("SKYJOBS_METADATA_URL")
+        instance_dir = env.get("SKYJOBS_INSTANCE_DIR")
+        self.fs_root = Path(instance_dir) / "root" if instance_dir else None
+        self.log_path = (Path(instance_dir) if instance_dir else Path.home()) / "skyjobs-job.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.noticed = threading.Event()
+        self.go = threading.Event()
+        self.done = threading.Event()
+        self.buckets = BucketSet([])
+        self.task: dict[str, Any] = {}
+
+    # --- phases ----------------------------------------------------------------------------
+
+    def main(self) -> int:
+        self.task = self.client.retrying(lambda: self.client.call("GET", f"/task?rank={self.rank}"),
+                                         FETCH_RETRY_SECONDS, "fetch task")
+        log(f"attempt {self.task['attempt']} of job {self.task['job_id']}, node {self.rank}")
+        threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat").start()
+        threading.Thread(target=self._log_loop, daemon=True, name="logs").start()
+        if self.metadata_url:
+            NoticeWatcher(self.metadata_url, float(self.task["notice_poll_interval"]),
+                          self._on_notice).start()
+        workdir = self._prepare_files()
+        env = self._job_env()
+        code = 0
+        if self.task.get("setup"):
+            self.client.report({"kind": "phase", "phase": "setup"})
+            code = self._run_script(self.task["setup"], workdir, env, "setup")
+            if code != 0:
+                return self._finish(code, "setup")
+        self.client.report({"kind": "phase", "phase": "ready"})
+        while not self.go.wait(timeout=0.2):
+            if self.noticed.is_set():
+                return self._finish(143, "setup")
+        self.client.report({"kind": "phase", "phase": "running"})
+        if self.task.get("run"):
+            code = self._run_script(self.task["run"], workdir, env, "run")
+        return self._finish(code, "run")
+
+    def _finish(self, code: int, phase: str) -> int:
+        if self.buckets.has_copy:
+            self._upload("exit")
+        self._ship_logs()
+        self.done.set()
+        self.client.report({"kind": "exit", "exit_code": code, "phase": phase,
+                            "noticed": self.noticed.is_set()})
+        log(f"{phase} exited with {code}; reported")
+        return 0
+
+    def _prepare_files(self) -> Path:
+        home = Path.home()
+        workdir = home / "sky_workdir"
+        workdir.mkdir(parents=True, exist_ok=True)
+        if self.task.get("has_archive"):
+            data = self.client.retrying(lambda: self.client.request("GET", "/archive"),
+                                        FETCH_RETRY_SECONDS, "fetch workdir")
+            self._unpack(data, workdir)
+        mounts = []
+        for b in self.task.get("buckets", []):
+            mounts.append(MountedBucket(node_path(b["target"], self.fs_root),
+                                        local_bucket_dir(b["source"], Path(b["buckets_root"])),
+                                        b["mode"]))
+        self.buckets = BucketSet(mounts)
+        self.buckets.prepare()
+        if self.buckets.has_copy:
+            threading.Thread(target=self._copy_loop, daemon=True, name="copy-sync").start()
+        return workdir
+
+    def _unpack(self, data: bytes, workdir: Path) -> None:
+        archive = Path.home() / ".skyjobs-archive.tar.gz"
+        archive.write_bytes(data)
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                top, _, rest = member.name.partition("/")
+                if top == "workdir":
+                    dest = workdir
+                elif top == "mounts":
+                    index, _, rest = rest.partition("/")
+                    target = self.task["local_mounts"][int(index)]
+                    dest = node_path(target, self.fs_root)
+                else:
+                    continue
+                member.name = rest
+                if rest:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    tar.extract(member, dest, filter="data")
+                elif member.isfile():  # a single-file mount
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    src = tar.extractfile(member)
+                    if src is not None:
+                        dest.write_bytes(src.read())
+
+    def _job_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKYJOBS_")}
+        t = self.task
+        env.update({
+            "SKYPILOT_TASK_ID": t["task_id"],
+            "SKYPILOT_NODE_RANK": str(self.rank),
+            "SKYPILOT_NODE_IPS": "\n".join(t["node_ips"]),
+            "SKYPILOT_NUM_NODES": str(t["num_nodes"]),
+            "SKYPILOT_NUM_GPUS_PER_NODE": str(t["gpus_per_node"]),
+            "SKYJOBS_JOB_ID": str(t["job_id"]),
+            "SKYJOBS_ATTEMPT": str(t["attempt"]),
+            "SKYJOBS_RECOVERY_COUNT": str(t["recovery_count"]),
+        })
+        if self.fs_root is not None:
+            env["SKYJOBS_FS_ROOT"] = str(self.fs_root)
+        env.update(t.get("envs", {}))
+        return env
+
+    def _run_script(self, script: str, cwd: Path, env: dict[str, str], phase: str) -> int:
+        with open(self.log_path, "ab") as out:
+            out.write(f"--- skyjobs: {phase} (node {self.rank}) ---\n".encode())
+            out.flush()
+            # Its own process group, so the notice signal reaches the job and its children.
+            self.proc = subprocess.Popen(["/bin/bash", "-c", script], cwd=cwd, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, process_group=0)
+            if self.noticed.is_set():
+                self._signal_job()
+            code = self.proc.wait()
+        return code if code >= 0 else 128 - code
+
+    # --- side threads ----------------------------------------------------------------------
+
+    def _on_notice(self, notice: dict[str, Any]) -> None:
+        self.noticed.set()
+        log(f"preemption notice: {notice}")
+        try:
+            self.client.report({"kind": "notice", "notice": notice}, budget=30.0)
+        except (TimeoutError, OSError, urllib.error.HTTPError) as err:
+            log(f"could not report the notice: {err}")
+        self._signal_job()
+        if self.buckets.has_copy:
+            self._upload("notice")
+
+    def _signal_job(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        name = str(self.task.get("notice_signal", "SIGTERM"))
+        try:
+            os.killpg(proc.pid, getattr(signal, name, signal.SIGTERM))
+        except ProcessLookupError:
+            pass
+
+    def _upload(self, why: str) -> None:
+        try:
+            n = self.buckets.upload()
+            log(f"checkpoint upload ({why}): {n} file(s)")
+        except OSError as err:
+            log(f"checkpoint upload ({why}) failed: {err}")
+
+    def _copy_loop(self) -> None:
+        while not self.done.wait(float(self.task["copy_sync_interval"])):
+            self._upload("periodic")
+
+    def _heartbeat_loop(self) -> None:
+        while not self.done.is_set():
+            try:
+                reply = self.client.call("POST", "/heartbeat", {"rank": self.rank}, timeout=5)
+                if reply and reply.get("go"):
+                    self.go.set()
+            except (OSError, ValueError, urllib.error.HTTPError):
+                pass  # the controller may be restarting; the exit report is what must land
+            interval = 0.2 if not self.go.is_set() else float(self.task["heartbeat_interval"])
+            self.done.wait(interval)
+
+    def _log_loop(self) -> None:
+        while not self.done.wait(1.0):
+            self._ship_logs()
+
+    _shipped = 0
+    _ship_lock = threading.Lock()
+
+    def _ship_logs(self) -> None:
+        with self._ship_lock:
+            try:
+                size = self.log_path.stat().st_size
+            except FileNotFoundError:
+                return
+            if size <= self._shipped:
+                return
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._shipped)
+                chunk = fh.read(min(size - self._shipped, 1 << 20))
+            try:
+                reply = json.loads(self.client.request(
+                    "POST", f"/logs?rank={self.rank}&offset={self._shipped}", chunk,
+                    "application/octet-stream"))
+                self._shipped = int(reply["size"])
+            except (OSError, ValueError, KeyError, urllib.error.HTTPError):
+                pass
+
+
+def main() -> None:
+    try:
+        code = Agent(dict(os.environ)).main()
+    except KeyError as err:
+        log(f"missing environment variable {err}")
+        code = 2
+    except (TimeoutError, urllib.error.HTTPError) as err:
+        log(f"giving up: {err}")
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""The ``skyjobs`` command line.
+
+Every failure prints one ``error: ...`` line and exits nonzero; no traceback reaches users.
+The controller is found from ``--controller`` / ``SKYJOBS_CONTROLLER`` (with ``SKYJOBS_TOKEN``)
+or from the state directory (``--state-dir`` / ``SKYJOBS_STATE_DIR``, default ``~/.skyjobs``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from skyjobs.client import Client, connect
+from skyjobs.config import default_state_dir
+from skyjobs.exceptions import ControllerUnavailableError, SkyjobsError
+from skyjobs.spec import TaskSpec, load_task
+
+TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_NO_RESOURCE", "CANCELLED"}
+ARCHIVE_EXCLUDES = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
+
+
+class Ctx:
+    def __init__(self, state_dir: Path, controller: str | None) -> None:
+        self.state_dir = state_dir
+        self.controller = controller
+
+    def client(self, autostart: bool = False) -> Client:
+        return connect(self.state_dir, self.controller, autostart=autostart)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              envvar="SKYJOBS_STATE_DIR", default=None,
+              help="Controller state directory (default ~/.skyjobs).")
+@click.option("--controller", envvar="SKYJOBS_CONTROLLER", default=None, metavar="URL",
+              help="Controller URL; its token comes from SKYJOBS_TOKEN.")
+@click.version_option(package_name="skyjobs")
+@click.pass_context
+def main(ctx: click.Context, state_dir: Path | None, controller: str | None) -> None:
+    """skyjobs: submit once; spot jobs survive preemptions on the cheapest capacity."""
+    ctx.obj = Ctx((state_dir or default_state_dir()).expanduser().resolve(), controller)
+
+
+# --- daemon and agent ------------------------------------------------------------------------
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port (default 8765; 0 picks a free port and keeps it for restarts).")
+@click.option("--clouds", default=None, help="Comma-separated providers to enable (default local).")
+@pass_ctx
+def controller(obj: Ctx, host: str | None, port: int | None, clouds: str | None) -> None:
+    """Run the controller daemon in the foreground (systemd runs this)."""
+    import asyncio
+
+    from skyjobs.config import load_config
+    from skyjobs.controller.daemon import Controller
+    from skyjobs.logging import setup_logging
+
+    cfg = load_config(state_dir=obj.state_dir, host=host, port=port, clouds=clouds)
+    setup_logging(cfg.log_format)
+    asyncio.run(Controller(cfg).serve())
+
+
+@main.command(hidden=True)
+def agent() -> None:
+    """Run a node agent (started by providers on each instance)."""
+    from skyjobs.agent import main as agent_main
+
+    agent_main()
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+def _parse_envs(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        out[key] = value
+    return out
+
+
+def build_archive(spec: TaskSpec) -> str | None:
+    """The workdir and local file mounts as a base64 tar.gz, or None when there are none."""
+    mounts = spec.local_mounts()
+    if spec.workdir is None and not mounts:
+        return None
+    buf = io.BytesIO()
+
+    def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if Path(info.name).name in ARCHIVE_EXCLUDES else info
+
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        if spec.workdir:
+            tar.add(spec.workdir, arcname="workdir", filter=skip)
+        for index, source in enumerate(mounts.values()):
+            tar.add(source, arcname=f"mounts/{index}", filter=skip)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Job name (default: the task's name).")
+@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE",
+              help="Set or override an env or secret of the task (repeatable).")
+@click.option("--follow", is_flag=True, help="Stream logs until the job ends; exit 0 only "
+                                             "if it SUCCEEDED.")
+@pass_ctx
+def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow: bool) -> None:
+    """Submit a task YAML; prints the job id.
+
+    With no controller configured or reachable, starts a local one in the background.
+    """
+    spec = load_task(file)
+    overrides = _parse_envs(envs)
+    client = obj.client(autostart=True)
+    reply = client.post("/api/v1/jobs", {
+        "task": _raw_task(file), "source": str(file), "name": name, "envs": overrides,
+        "archive": build_archive(spec)})
+    click.echo(reply["id"])
+    if follow:
+        _follow_logs(client, int(reply["id"]), None)
+        status = client.get(f"/api/v1/jobs/{reply['id']}")
+        click.echo(f"job {status['id']} {status['status']}"
+                   + (f": {status['reason']}" if status.get("reason") else ""), err=True)
+        sys.exit(0 if status["status"] == "SUCCEEDED" else 1)
+
+
+def _raw_task(file: Path) -> Any:
+    import yaml
+
+    data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    # Paths were checked locally; the controller gets their contents in the archive.
+    if isinstance(data, dict):
+        data.pop("workdir", None)
+        mounts = data.get("file_mounts") or {}
+        if isinstance(mounts, dict):
+            data["file_mounts"] = {k: v for k, v in mounts.items() if not isinstance(v, str)}
+            data["file_mounts"].update({k: "(uploaded)" for k, v in mounts.items()
+                                        if isinstance(v, str)})
+    return data
+
+
+def _fmt_time(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@main.command()
+@click.option("--status", "statuses", default=None, help="Comma-separated states to show.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def queue(obj: Ctx, statuses: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    reply = obj.client().get("/api/v1/jobs", status=statuses or "", limit=limit, offset=offset)
+    if as_json:
+        click.echo(json.dumps(reply["jobs"], indent=2))
+        return
+    rows = [[str(j["id"]), j["name"], j["status"], j["placement"] or "-", str(j["recoveries"]),
+             _fmt_time(j["submitted_at"]), _fmt_duration(j["duration_s"]), f"${j['cost']:.4f}"]
+            for j in reply["jobs"]]
+    click.echo(_table(rows, ["ID", "NAME", "STATUS", "PLACEMENT", "RECOVERIES", "SUBMITTED",
+                             "DURATION", "COST"]))
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def status(obj: Ctx, job_id: int, as_json: bool) -> None:
+    """Show one job: state, placement, attempts and cost."""
+    j = obj.client().get(f"/api/v1/jobs/{job_id}")
+    if as_json:
+        click.echo(json.dumps(j, indent=2))
+        return
+    click.echo(f"job {j['id']} ({j['name']}): {j['status']}"
+               + (f" - {j['reason']}" if j.get("reason") else ""))
+    click.echo(f"  task id:     {j['task_id']}")
+    click.echo(f"  placement:   {j['placement'] or '-'}")
+    click.echo(f"  recoveries:  {j['recoveries']}   restarts after errors: {j['restarts']}")
+    click.echo(f"  submitted:   {_fmt_time(j['submitted_at'])}   duration: "
+               f"{_fmt_duration(j['duration_s'])}")
+    click.echo(f"  cost:        ${j['cost']:.4f} (on-demand would be ${j['on_demand_cost']:.4f},"
+               f" saving ${j['saving']:.4f})")
+    if j.get("exit_code") is not None:
+        click.echo(f"  exit code:   {j['exit_code']}")
+    rows = [[str(a["n"]), a["placement"], a["status"], a["end_reason"] or "-",
+             _fmt_time(a["created_at"]), f"${a['cost']:.4f}"] for a in j["attempt_list"]]
+    if rows:
+        click.echo(_table(rows, ["ATTEMPT", "PLACEMENT", "STATUS", "ENDED BY", "LAUNCHED",
+                                 "COST"]))
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def events(obj: Ctx, job_id: int, as_json: bool) -> None:
+    """Show a job's state transitions and other events."""
+    evs = obj.client().get(f"/api/v1/jobs/{job_id}/events")["events"]
+    if as_json:
+        click.echo(json.dumps(evs, indent=2))
+        return
+    for e in evs:
+        what = (f"{e['from_status'] or '-'} -> {e['to_status']}" if e["kind"] == "transition"
+                else "info")
+        extra = "".join([f" [attempt {e['attempt']}]" if e["attempt"] else "",
+                         f" [{e['placement']}]" if e["placement"] else "",
+                         f" [exit {e['exit_code']}]" if e["exit_code"] is not None else ""])
+        click.echo(f"{_fmt_time(e['at'])}  {what:<28} {e['reason'] or ''}{extra}")
+
+
+def _follow_logs(client: Client, job_id: int, attempt: int | None, follow: bool = True,
+                 rank: int = 0) -> None:
+    current = attempt or 1
+    offset = 0
+    deadline = time.monotonic() + 7 * 24 * 3600
+    while time.monotonic() < deadline:
+        reply = client.get(f"/api/v1/jobs/{job_id}/logs", attempt=current, rank=rank,
+                           offset=offset)
+        if reply["data"]:
+            if offset == 0 and attempt is None:
+                click.echo(f"=== attempt {current} ===")
+            click.echo(reply["data"], nl=False)
+            offset += len(reply["data"].encode())
+            continue
+        if attempt is None and current < reply["attempts"]:
+            current, offset = current + 1, 0
+            continue
+        if not follow or reply["status"] in TERMINAL:
+            return
+        time.sleep(0.5)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
+@click.option("--attempt", type=click.IntRange(1), default=None,
+              help="Only this attempt (default: every attempt in order).")
+@click.option("--node", type=click.IntRange(0), default=0, show_default=True,
+              help="Node rank.")
+@pass_ctx
+def logs(obj: Ctx, job_id: int, follow: bool, attempt: int | None, node: int) -> None:
+    """Print a job's logs; every attempt's logs are kept."""
+    _follow_logs(obj.client(), job_id, attempt, follow=follow, rank=node)
+
+
+@main.command()
+@click.argument("job_ids", type=int, nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Cancel every unfinished job.")
+@pass_ctx
+def cancel(obj: Ctx, job_ids: tuple[int, ...], all_: bool) -> None:
+    """Cancel jobs; their instances are terminated, also mid-recovery."""
+    if bool(job_ids) == all_:
+        raise click.UsageError("give job ids or --all (not both)")
+    body: dict[str, Any] = {"all": True} if all_ else {"ids": list(job_ids)}
+    reply = obj.client().post("/api/v1/cancel", body)
+    for job_id in reply["cancelled"]:
+        click.echo(f"cancelling job {job_id}")
+    for s in reply["skipped"]:
+        click.echo(f"skipped job {s['id']}: {s['why']}", err=True)
+    if reply["skipped"] and not reply["cancelled"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--notice", type=click.FloatRange(0, 3600), default=120.0, show_default=True,
+              help="Seconds of notice before the instance dies.")
+@pass_ctx
+def preempt(obj: Ctx, job_id: int, notice: float) -> None:
+    """Simulate a spot preemption of a job's instances (local provider)."""
+    reply = obj.client().post(f"/api/v1/jobs/{job_id}/preempt", {"notice": notice})
+    click.echo(f"preempting job {job_id} attempt {reply['attempt']} with {notice:g}s notice")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def plan(obj: Ctx, file: Path, as_json: bool) -> None:
+    """Show the ranked candidate placements for a task, launching nothing."""
+    load_task(file)
+    reply = obj.client(autostart=True).post("/api/v1/plan", {"task": _raw_task(file),
+                                                             "source": str(file)})
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    click.echo(f"strategy {reply['strategy']}, {reply['num_nodes']} node(s)")
+    rows = [[str(i + 1), c["cloud"], c["region"], c["zone"], c["instance_type"],
+             c["accelerator"] or "-", "spot" if c["spot"] else "on-demand",
+             f"${c['price_per_hour']:.3f}", c["reason"]]
+            for i, c in enumerate(reply["candidates"])]
+    click.echo(_table(rows, ["#", "CLOUD", "REGION", "ZONE", "INSTANCE", "ACCEL", "MARKET",
+                             "$/H", "WHY"]))
+
+
+@main.command()
+@click.argument("zone")
+@click.option("--spot/--no-spot", default=True,
+              help="Give the zone spot capacity back, or take it away.")
+@pass_ctx
+def capacity(obj: Ctx, zone: str, spot: bool) -> None:
+    """Set a local zone in or out of spot capacity (simulated market)."""
+    reply = obj.client().post("/api/v1/local/capacity", {"zone": zone, "spot": spot})
+    zones = ", ".join(reply["no_spot_zones"]) or "none"
+    click.echo(f"zones without spot capacity: {zones}")
+
+
+def run() -> None:
+    """Entry point: one clear error line, never a traceback."""
+    try:
+        main.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except ControllerUnavailableError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(3)
+    except SkyjobsError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+def start_local_controller(state_dir: Path) -> None:
+    """Start a controller for state_dir in the background, logging to controller.log."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = open(state_dir / "controller.log", "ab")  # noqa: SIM115 - handed to the child
+    env = {**os.environ, "SKYJOBS_LOG_FORMAT": os.environ.get("SKYJOBS_LOG_FORMAT", "json")}
+    port = os.environ.get("SKYJOBS_PORT", "0")
+    subprocess.Popen([sys.executable, "-m", "skyjobs", "--state-dir", str(state_dir),
+                      "controller", "--port", port], stdout=log, stderr=log,
+                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    log.close()
+
+
+if __name__ == "__main__":
+    run()

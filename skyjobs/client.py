@@ -1,0 +1,107 @@
+"""A small synchronous HTTP client for the controller API (used by the CLI and scripts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from skyjobs.exceptions import ApiError, ControllerUnavailableError
+
+AUTOSTART_WAIT = 30.0
+
+
+class Client:
+    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, body: Any = None,
+                 query: dict[str, Any] | None = None) -> Any:
+        url = f"{self.url}{path}"
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            raise ApiError(err.code, _error_text(err)) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+            reason = getattr(err, "reason", err)
+            raise ControllerUnavailableError(
+                f"cannot reach the controller at {self.url}: {reason}") from None
+
+    def get(self, path: str, **query: Any) -> Any:
+        return self._request("GET", path, query=query or None)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._request("POST", path, body)
+
+    def healthy(self) -> bool:
+        try:
+            self.get("/api/v1/health")
+            return True
+        except (ControllerUnavailableError, ApiError):
+            return False
+
+
+def _error_text(err: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(err.read())["error"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"controller answered HTTP {err.code}"
+
+
+def local_client(state_dir: Path) -> Client | None:
+    """The client for the controller running on state_dir, if one has started there."""
+    try:
+        info = json.loads((state_dir / "controller.json").read_text())
+        token = (state_dir / "token").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return Client(str(info["url"]), token)
+
+
+def connect(state_dir: Path, url: str | None, autostart: bool = False) -> Client:
+    """Find the controller: an explicit URL (token from SKYJOBS_TOKEN or the state dir),
+    else the one running on state_dir, else (with autostart) start one there."""
+    if url:
+        token = os.environ.get("SKYJOBS_TOKEN")
+        if token is None:
+            try:
+                token = (state_dir / "token").read_text().strip()
+            except OSError:
+                raise ControllerUnavailableError(
+                    "no token: set SKYJOBS_TOKEN (the controller's <state-dir>/token)") from None
+        return Client(url, token)
+    client = local_client(state_dir)
+    if client is not None and client.healthy():
+        return client
+    if not autostart:
+        raise ControllerUnavailableError(
+            f"no controller is running on {state_dir} (start one with `skyjobs controller`, "
+            "or submit a job to start one in the background)")
+    from skyjobs.cli import start_local_controller
+
+    (state_dir / "controller.json").unlink(missing_ok=True)
+    start_local_controller(state_dir)
+    deadline = time.monotonic() + AUTOSTART_WAIT
+    while time.monotonic() < deadline:
+        client = local_client(state_dir)
+        if client is not None and client.healthy():
+            return client
+        time.sleep(0.2)
+    raise ControllerUnavailableError(
+        f"started a controller on {state_dir} but it did not come up; see "
+        f"{state_dir / 'controller.log'}")

@@ -1,0 +1,104 @@
+"""Controller configuration in one typed place.
+
+Precedence: command-line flags, then ``SKYJOBS_*`` environment variables, then
+``<state-dir>/config.yaml``, then the defaults below. Every field is also an environment
+variable: ``heartbeat_timeout`` is ``SKYJOBS_HEARTBEAT_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from skyjobs.exceptions import ConfigError
+
+DEFAULT_STATE_DIR = "~/.skyjobs"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("SKYJOBS_STATE_DIR", DEFAULT_STATE_DIR)).expanduser()
+
+
+class ControllerConfig(BaseSettings):
+    """Settings of the controller daemon (and of the local provider it embeds)."""
+
+    model_config = SettingsConfigDict(env_prefix="SKYJOBS_", extra="forbid")
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    clouds: list[str] = ["local"]
+    # Agents heartbeat this often; a silent agent is suspect after heartbeat_timeout and is
+    # recovered only when the provider says its instance is gone or silent_window passes.
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    heartbeat_timeout: float = Field(default=30.0, gt=0)
+    silent_window: float = Field(default=300.0, gt=0)
+    # How often the controller asks providers about all live instances (one batch call).
+    instance_poll_interval: float = Field(default=10.0, gt=0)
+    # An attempt whose agents have not all started running by then is given up.
+    provision_timeout: float = Field(default=900.0, gt=0)
+    # No capacity anywhere: back off between rounds of trying every candidate.
+    launch_backoff_initial: float = Field(default=30.0, ge=0)
+    launch_backoff_factor: float = Field(default=1.6, ge=1)
+    launch_backoff_max: float = Field(default=300.0, ge=0)
+    max_launch_rounds: int = Field(default=20, ge=1)
+    # A zone that just preempted a job is ranked last for this long.
+    zone_cooldown: float = Field(default=1800.0, ge=0)
+    # Preemption notice: how often agents poll the metadata endpoint, what the job gets.
+    notice_poll_interval: float = Field(default=1.0, gt=0)
+    notice_signal: str = "SIGTERM"
+    # Seconds between COPY-mode checkpoint uploads.
+    copy_sync_interval: float = Field(default=60.0, gt=0)
+    # Local provider: zones currently without spot capacity.
+    local_no_spot_zones: list[str] = []
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    @field_validator("state_dir", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @field_validator("clouds", "local_no_spot_zones", mode="before")
+    @classmethod
+    def _csv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "skyjobs.db"
+
+
+def load_config(**overrides: Any) -> ControllerConfig:
+    """Build the config; ``overrides`` are command-line values (None means not given)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    state_dir = Path(given.get("state_dir") or default_state_dir()).expanduser()
+    file_values = _read_config_file(state_dir / "config.yaml")
+    env_keys = {k[len("SKYJOBS_"):].lower() for k in os.environ if k.startswith("SKYJOBS_")}
+    merged = {k: v for k, v in file_values.items() if k not in env_keys}
+    merged.update(given)
+    merged["state_dir"] = state_dir
+    try:
+        return ControllerConfig(**merged)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        raise ConfigError(f"config: {key}: {e['msg']}") from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a YAML mapping")
+    return data

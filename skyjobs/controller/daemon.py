@@ -1,0 +1,311 @@
+"""The controller daemon: startup (resume from the store), main loop, shutdown.
+
+One process, one event loop. A runner task per live job; named side tasks (the HTTP API and
+the scheduler's periodic instance poll) are watched, and if one dies the daemon stops loudly
+instead of limping. Shutdown never touches instances: the next start re-attaches to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from skyjobs.config import ControllerConfig
+from skyjobs.controller import store as st
+from skyjobs.controller.runner import JobRunner, Message
+from skyjobs.exceptions import ConfigError, ProviderError
+from skyjobs.pricing.catalog import Catalog, Offering, Placement
+from skyjobs.providers import base
+from skyjobs.providers.base import LaunchRequest, Provider
+from skyjobs.providers.local import LocalProvider
+
+log = structlog.get_logger("skyjobs.controller")
+
+RUNNER_RESTART_DELAY = 5.0
+
+
+def write_secret_file(path: Path, value: str) -> None:
+    """Create a 0600 file atomically (never readable by others, not even for an instant)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    os.replace(tmp, path)
+
+
+def read_or_create_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    write_secret_file(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig, providers: dict[str, Provider] | None = None):
+        self.config = config
+        self.state_dir = config.state_dir
+        self.catalog = Catalog.for_clouds(config.clouds)
+        self.providers: dict[str, Provider] = providers or {}
+        self.runners: dict[int, JobRunner] = {}
+        self.runner_tasks: dict[int, asyncio.Task[None]] = {}
+        self.go: set[int] = set()  # attempts whose agents may start run
+        self.last_seen: dict[tuple[int, int], float] = {}
+        self.silent_since: dict[int, float] = {}
+        self.attempt_jobs: dict[int, int] = {}
+        self.recoveries_by_reason: dict[str, int] = {}
+        self.url = ""
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._http: web.AppRunner | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self._side_tasks: list[asyncio.Task[Any]] = []
+
+    # --- startup ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        for sub in ("logs", "archives", "buckets"):
+            (self.state_dir / sub).mkdir(exist_ok=True)
+        self.token = read_or_create_secret(self.state_dir / "token")
+        self.secret = read_or_create_secret(self.state_dir / "agent-secret").encode()
+        self.store = st.Store(self.config.db_path)
+        os.chmod(self.config.db_path, 0o600)  # it holds task secrets
+        cid = await self.store.call(self.store.sync.get_or_set_meta, "controller_id",
+                                    secrets.token_hex(3))
+        self.instance_prefix = f"sj{cid}"
+        self._make_providers()
+        from skyjobs.controller.api import make_app  # late: api imports this module
+
+        self._http = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+        await self._http.setup()
+        site = web.TCPSite(self._http, self.config.host, self.config.port,
+                           ssl_context=None, reuse_address=True)
+        await site.start()
+        port = self._http.addresses[0][1]
+        self.url = f"http://{self._url_host()}:{port}"
+        await self._resume()
+        self._start_scheduler()
+        write_secret_file(self.state_dir / "controller.json",
+                          json.dumps({"url": self.url, "pid": os.getpid()}))
+        log.info("controller started", url=self.url, state_dir=str(self.state_dir),
+                 live_jobs=len(self.runners))
+
+    def _url_host(self) -> str:
+        return "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.state_dir / "controller.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"another controller is running on {self.state_dir}") from None
+        self._lock_fd = fd
+
+    def _make_providers(self) -> None:
+        for cloud in self.config.clouds:
+            if cloud in self.providers:
+                continue
+            if cloud == "local":
+                self.providers[cloud] = LocalProvider(self.state_dir / "local-cloud",
+                                                      self.config.local_no_spot_zones)
+            else:
+                raise ConfigError(f"clouds: provider {cloud!r} is not available in this build")
+
+    async def _resume(self) -> None:
+        """Re-attach to every unfinished job and finish cleaning up after ended ones."""
+        job_ids = await self.store.call(self.store.sync.live_job_ids)
+        for job_id in job_ids:
+            self.start_runner(job_id)
+        for attempt in await self.store.call(self.store.sync.unreleased_attempts):
+            self.attempt_jobs[attempt.id] = attempt.job_id
+            if attempt.job_id not in self.runners and attempt.status == "ended":
+                await self._release_orphan(attempt)
+
+    async def _release_orphan(self, attempt: st.Attempt) -> None:
+        try:
+            await self.providers[attempt.cloud].terminate(attempt.instance_ids)
+            await self.store.call(self.store.sync.mark_released, attempt.id)
+        except ProviderError as err:
+            log.warning("could not release instances; will retry", attempt=attempt.id,
+                        error=str(err))
+
+    def _start_scheduler(self) -> None:
+        self._scheduler = AsyncIOScheduler()
+        self._scheduler.add_job(self.poll_instances, "interval", id="poll_instances",
+                                seconds=self.config.instance_poll_interval,
+                                max_instances=1, coalesce=True)
+        self._scheduler.start()
+
+    # --- runners ---------------------------------------------------------------------------
+
+    def start_runner(self, job_id: int) -> None:
+        if job_id in self.runners:
+            return
+        runner = JobRunner(self, job_id)
+        self.runners[job_id] = runner
+        self.runner_tasks[job_id] = asyncio.create_task(self._run_job(runner),
+                                                        name=f"job-{job_id}")
+
+    async def _run_job(self, runner: JobRunner) -> None:
+        try:
+            while True:
+                try:
+                    await runner.run()
+                    return
+                except ProviderError as err:
+                    runner.log.warning("provider call failed; retrying", error=str(err))
+                except Exception:  # noqa: BLE001 - one job's bug must not stop the others
+                    runner.log.exception("job runner crashed; restarting it")
+                await asyncio.sleep(RUNNER_RESTART_DELAY)
+        finally:
+            self.runners.pop(runner.job_id, None)
+            self.runner_tasks.pop(runner.job_id, None)
+
+    def post(self, job_id: int, msg: Message) -> None:
+        runner = self.runners.get(job_id)
+        if runner is not None:
+            runner.post(msg)
+
+    # --- helpers for runners and the API ---------------------------------------------------
+
+    def offering_of(self, cloud: str, zone: str, instance_type: str) -> Offering | None:
+        for o in self.catalog.offerings:
+            if (o.cloud, o.zone, o.instance_type) == (cloud, zone, instance_type):
+                return o
+        return None
+
+    def placement_of(self, a: st.Attempt) -> Placement:
+        offering = self.offering_of(a.cloud, a.zone, a.instance_type) or Offering(
+            a.cloud, a.region, a.zone, a.instance_type, None, 0, 0, 0, a.price_per_hour,
+            a.price_per_hour if a.use_spot else None, "", "attempt record")
+        return Placement(offering, a.use_spot, a.price_per_hour)
+
+    def agent_token(self, attempt_id: int) -> str:
+        return hmac.new(self.secret, f"attempt:{attempt_id}".encode(), hashlib.sha256).hexdigest()
+
+    def launch_request(self, job: st.Job, attempt: st.Attempt) -> LaunchRequest:
+        self.attempt_jobs[attempt.id] = job.id
+        env = {"SKYJOBS_CONTROLLER_URL": self.url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
+               "SKYJOBS_AGENT_TOKEN": self.agent_token(attempt.id)}
+        return LaunchRequest(
+            job_id=job.id, attempt_id=attempt.id, placement=self.placement_of(attempt),
+            instance_ids=attempt.instance_ids,
+            agent_env=[{**env, "SKYJOBS_NODE_RANK": str(r)} for r in range(attempt.num_nodes)],
+            tags={"skyjobs-controller": self.instance_prefix, "skyjobs-job": str(job.id),
+                  "skyjobs-attempt": str(attempt.n)})
+
+    def metrics_recovery(self, job_id: int, reason: str) -> None:
+        cause = reason.split(" (")[0].split(":")[0]
+        self.recoveries_by_reason[cause] = self.recoveries_by_reason.get(cause, 0) + 1
+
+    # --- periodic instance poll ------------------------------------------------------------
+
+    async def poll_instances(self) -> None:
+        """One batch status call per provider for every live attempt; report what is gone
+        and which agents have gone silent on a running instance."""
+        attempts = [a for a in await self.store.call(self.store.sync.unreleased_attempts)
+                    if a.status in ("provisioning", "running") and a.job_id in self.runners]
+        by_cloud: dict[str, list[str]] = {}
+        for a in attempts:
+            by_cloud.setdefault(a.cloud, []).extend(a.instance_ids)
+        infos: dict[str, base.InstanceInfo] = {}
+        for cloud, ids in by_cloud.items():
+            try:
+                infos.update(await self.providers[cloud].status(ids))
+            except ProviderError as err:
+                log.warning("instance poll failed", cloud=cloud, error=str(err))
+        now = time.time()
+        for a in attempts:
+            gone = [infos[i] for i in a.instance_ids
+                    if i in infos and infos[i].state == base.GONE]
+            if gone:
+                self.post(a.job_id, Message("gone", a.id, detail=gone[0]))
+            elif a.status == "running" and all(i in infos for i in a.instance_ids):
+                await self._check_silence(a, now)
+
+    async def _check_silence(self, a: st.Attempt, now: float) -> None:
+        nodes = await self.store.call(self.store.sync.nodes_of, a.id)
+        ranks = [r for r in range(a.num_nodes) if nodes.get(r, ("", None))[0] != "exited"]
+        last = min((self.last_seen.get((a.id, r), self.started_at) for r in ranks), default=now)
+        if now - last < self.config.heartbeat_timeout:
+            self.silent_since.pop(a.id, None)
+            return
+        since = self.silent_since.setdefault(a.id, last)
+        if now - since >= self.config.silent_window:
+            self.post(a.job_id, Message(
+                "silent", a.id, detail=f"agent silent for {now - since:.0f}s on a running "
+                                       f"instance (silent_window {self.config.silent_window:g}s)"))
+
+    # --- main loop and shutdown ------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            log.warning("second stop signal: exiting now")
+            os._exit(1)
+        self._stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        notify("READY=1\nSTATUS=controller running")
+        try:
+            await self._stop.wait()
+        finally:
+            notify("STOPPING=1")
+            await self.shutdown()
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop taking work and exit; instances are left alone for the next start."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._http is not None:
+            await self._http.cleanup()
+        tasks = list(self.runner_tasks.values())
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for provider in self.providers.values():
+            await provider.close()
+        if hasattr(self, "store"):
+            self.store.close()
+        (self.state_dir / "controller.json").unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("controller stopped")
+
+
+def notify(message: str) -> None:
+    """sd_notify without a library: one datagram to $NOTIFY_SOCKET, if systemd gave one."""
+    import socket
+
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(path)
+            sock.sendall(message.encode())
+        except OSError as err:
+            log.warning("sd_notify failed", error=str(err))

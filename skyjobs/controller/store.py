@@ -1,0 +1,514 @@
+"""The store: the only module that speaks SQL.
+
+Every state change is one transaction that compare-and-sets the job's status and writes its
+event, so a ``kill -9`` between any two statements leaves either the old state or the new
+one, never half of each. The connection has one owner: :class:`Store` runs every call on a
+single dedicated thread, so the event loop never blocks on SQLite and no two threads ever
+share the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from skyjobs.exceptions import IllegalTransitionError, NotFoundError
+from skyjobs.pricing.catalog import Placement
+
+T = TypeVar("T")
+
+PENDING, PROVISIONING, RUNNING, RECOVERING = "PENDING", "PROVISIONING", "RUNNING", "RECOVERING"
+CANCELLING, SUCCEEDED, FAILED = "CANCELLING", "SUCCEEDED", "FAILED"
+FAILED_NO_RESOURCE, CANCELLED = "FAILED_NO_RESOURCE", "CANCELLED"
+TERMINAL = frozenset({SUCCEEDED, FAILED, FAILED_NO_RESOURCE, CANCELLED})
+LIVE = frozenset({PENDING, PROVISIONING, RUNNING, RECOVERING, CANCELLING})
+ALL_STATES = TERMINAL | LIVE
+
+# The state machine. Anything not listed raises IllegalTransitionError.
+TRANSITIONS: dict[str | None, frozenset[str]] = {
+    None: frozenset({PENDING}),
+    PENDING: frozenset({PROVISIONING, CANCELLING, CANCELLED, FAILED}),
+    PROVISIONING: frozenset({RUNNING, RECOVERING, FAILED, FAILED_NO_RESOURCE, CANCELLING}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, RECOVERING, CANCELLING}),
+    RECOVERING: frozenset({PROVISIONING, FAILED, FAILED_NO_RESOURCE, CANCELLING}),
+    CANCELLING: frozenset({CANCELLED}),
+}
+for _terminal in TERMINAL:
+    TRANSITIONS[_terminal] = frozenset()
+
+
+def check_transition(job_id: int, current: str | None, target: str) -> None:
+    if target not in TRANSITIONS.get(current, frozenset()):
+        raise IllegalTransitionError(job_id, current, target)
+
+
+# Numbered migrations; a new one is appended, never edited (tests rebuild from scratch).
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        task_json TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        submitted_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        ended_at REAL,
+        recovery_count INTEGER NOT NULL DEFAULT 0,
+        restart_count INTEGER NOT NULL DEFAULT 0,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        current_attempt INTEGER,
+        exit_code INTEGER,
+        reason TEXT,
+        has_archive INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_status ON jobs(status);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        from_status TEXT,
+        to_status TEXT,
+        reason TEXT,
+        exit_code INTEGER,
+        attempt INTEGER,
+        placement TEXT
+    );
+    CREATE INDEX events_job ON events(job_id, id);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        n INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        cloud TEXT NOT NULL,
+        region TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        use_spot INTEGER NOT NULL,
+        price_per_hour REAL NOT NULL,
+        num_nodes INTEGER NOT NULL,
+        instance_ids TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        running_at REAL,
+        ended_at REAL,
+        end_reason TEXT,
+        exit_code INTEGER,
+        notice_at REAL,
+        notice_deadline REAL,
+        released INTEGER NOT NULL DEFAULT 0,
+        UNIQUE(job_id, n)
+    );
+    CREATE INDEX attempts_unreleased ON attempts(released, status);
+    CREATE TABLE nodes (
+        attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+        rank INTEGER NOT NULL,
+        phase TEXT NOT NULL,
+        exit_code INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (attempt_id, rank)
+    );
+    CREATE TABLE zone_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cloud TEXT NOT NULL,
+        region TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        use_spot INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        at REAL NOT NULL,
+        value REAL
+    );
+    CREATE INDEX zone_events_at ON zone_events(at);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    name: str
+    status: str
+    task: dict[str, Any]
+    task_id: str
+    submitted_at: float
+    updated_at: float
+    ended_at: float | None
+    recovery_count: int
+    restart_count: int
+    attempt_count: int
+    current_attempt: int | None
+    exit_code: int | None
+    reason: str | None
+    has_archive: bool
+
+
+@dataclass(frozen=True)
+class Attempt:
+    id: int
+    job_id: int
+    n: int
+    status: str  # launching, provisioning, running, ended
+    cloud: str
+    region: str
+    zone: str
+    instance_type: str
+    use_spot: bool
+    price_per_hour: float
+    num_nodes: int
+    instance_ids: list[str]
+    created_at: float
+    running_at: float | None
+    ended_at: float | None
+    end_reason: str | None
+    exit_code: int | None
+    notice_at: float | None
+    notice_deadline: float | None
+    released: bool
+
+    def cost(self, now: float) -> float:
+        end = self.ended_at if self.ended_at is not None else now
+        return max(0.0, end - self.created_at) / 3600.0 * self.price_per_hour * self.num_nodes
+
+    def placement_label(self) -> str:
+        kind = "spot" if self.use_spot else "on-demand"
+        return f"{self.cloud}/{self.zone}/{self.instance_type}/{kind}"
+
+
+def _job(row: sqlite3.Row) -> Job:
+    d = dict(row)
+    d["task"] = json.loads(d.pop("task_json"))
+    d["has_archive"] = bool(d["has_archive"])
+    return Job(**d)
+
+
+def _attempt(row: sqlite3.Row) -> Attempt:
+    d = dict(row)
+    d["instance_ids"] = json.loads(d["instance_ids"])
+    d["use_spot"] = bool(d["use_spot"])
+    d["released"] = bool(d["released"])
+    return Attempt(**d)
+
+
+class SyncStore:
+    """The SQL itself. Not thread-safe by design: use it only through :class:`Store`."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self.db = sqlite_utils.Database(self.conn)
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript commits on its own, so the version bump rides inside the script.
+            self.conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # --- meta ------------------------------------------------------------------------------
+
+    def get_or_set_meta(self, key: str, default: str) -> str:
+        with self._tx() as c:
+            row = c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            if row:
+                return str(row[0])
+            c.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (key, default))
+            return default
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def create_job(self, name: str, task: dict[str, Any], has_archive: bool,
+                   task_id_prefix: str) -> int:
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO jobs(name, status, task_json, task_id, submitted_at, updated_at,"
+                " has_archive) VALUES (?, ?, ?, '', ?, ?, ?)",
+                (name, PENDING, json.dumps(task), now, now, int(has_archive)))
+            job_id = int(cur.lastrowid or 0)
+            c.execute("UPDATE jobs SET task_id=? WHERE id=?", (f"{task_id_prefix}-{job_id}", job_id))
+            self._event(c, job_id, "transition", None, PENDING, "submitted", now=now)
+        return job_id
+
+    def get_job(self, job_id: int) -> Job:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id} does not exist")
+        return _job(row)
+
+    def list_jobs(self, statuses: list[str] | None = None, limit: int = 1000, offset: int = 0,
+                  name: str | None = None) -> list[Job]:
+        where, args = [], []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if name:
+            where.append("name = ?")
+            args.append(name)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.conn.execute(
+            f"SELECT * FROM jobs {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset)).fetchall()
+        return [_job(r) for r in rows]
+
+    def count_jobs(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def live_job_ids(self) -> list[int]:
+        marks = ",".join("?" * len(LIVE))
+        rows = self.conn.execute(f"SELECT id FROM jobs WHERE status IN ({marks}) ORDER BY id",
+                                 tuple(LIVE)).fetchall()
+        return [r[0] for r in rows]
+
+    def _event(self, c: sqlite3.Connection, job_id: int, kind: str, frm: str | None,
+               to: str | None, reason: str | None, exit_code: int | None = None,
+               attempt: int | None = None, placement: str | None = None,
+               now: float | None = None) -> None:
+        c.execute(
+            "INSERT INTO events(job_id, at, kind, from_status, to_status, reason, exit_code,"
+            " attempt, placement) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, now or time.time(), kind, frm, to, reason, exit_code, attempt, placement))
+
+    def _cas(self, c: sqlite3.Connection, job_id: int, target: str, expect: frozenset[str] | None,
+             updates: dict[str, Any], now: float) -> str:
+        row = c.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id} does not exist")
+        current = row[0]
+        if expect is not None and current not in expect:
+            raise IllegalTransitionError(job_id, current, target)
+        check_transition(job_id, current, target)
+        fields = {"status": target, "updated_at": now, **updates}
+        if target in TERMINAL:
+            fields["ended_at"] = now
+        sets = ", ".join(f"{k}=?" for k in fields)
+        cur = c.execute(f"UPDATE jobs SET {sets} WHERE id=? AND status=?",
+                        (*fields.values(), job_id, current))
+        if cur.rowcount != 1:
+            raise IllegalTransitionError(job_id, current, target)
+        return str(current)
+
+    def transition(self, job_id: int, target: str, reason: str, *,
+                   expect: frozenset[str] | None = None, exit_code: int | None = None,
+                   end_attempt: tuple[int, str] | None = None,
+                   job_updates: dict[str, Any] | None = None) -> str:
+        """Compare-and-set the job's status, optionally end an attempt, write the event.
+
+        Returns the previous status. Raises IllegalTransitionError when the move is not in
+        the state machine or the status is not one of ``expect``.
+        """
+        now = time.time()
+        with self._tx() as c:
+            updates = dict(job_updates or {})
+            if exit_code is not None:
+                updates.setdefault("exit_code", exit_code)
+            previous = self._cas(c, job_id, target, expect, updates, now)
+            attempt_n, placement = None, None
+            if end_attempt is not None:
+                attempt_n, placement = self._end_attempt(c, end_attempt[0], end_attempt[1],
+                                                         exit_code, now)
+            self._event(c, job_id, "transition", previous, target, reason, exit_code,
+                        attempt_n, placement, now)
+        return previous
+
+    def begin_attempt(self, job_id: int, placement: Placement, num_nodes: int,
+                      id_prefix: str, reason: str) -> Attempt:
+        """Record the intent to launch before any cloud call, so a crash leaks nothing.
+
+        Moves the job to PROVISIONING if it is not there yet, in the same transaction.
+        """
+        now = time.time()
+        with self._tx() as c:
+            job = c.execute("SELECT status, attempt_count FROM jobs WHERE id=?",
+                            (job_id,)).fetchone()
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            n = job["attempt_count"] + 1
+            ids = [f"{id_prefix}-{job_id}-{n}-{rank}" for rank in range(num_nodes)]
+            cur = c.execute(
+                "INSERT INTO attempts(job_id, n, status, cloud, region, zone, instance_type,"
+                " use_spot, price_per_hour, num_nodes, instance_ids, created_at)"
+                " VALUES (?, ?, 'launching', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, n, placement.cloud, placement.region, placement.zone,
+                 placement.instance_type, int(placement.use_spot), placement.price_per_hour,
+                 num_nodes, json.dumps(ids), now))
+            attempt_id = int(cur.lastrowid or 0)
+            updates = {"attempt_count": n, "current_attempt": attempt_id}
+            if job["status"] == PROVISIONING:
+                c.execute("UPDATE jobs SET attempt_count=?, current_attempt=?, updated_at=?"
+                          " WHERE id=? AND status=?", (n, attempt_id, now, job_id, PROVISIONING))
+                self._event(c, job_id, "info", None, None, f"launching attempt {n}: {reason}",
+                            attempt=n, placement=placement.label(), now=now)
+            else:
+                previous = self._cas(c, job_id, PROVISIONING, None, updates, now)
+                self._event(c, job_id, "transition", previous, PROVISIONING,
+                            f"launching attempt {n}: {reason}", attempt=n,
+                            placement=placement.label(), now=now)
+            row = c.execute("SELECT * FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+        return _attempt(row)
+
+    def _end_attempt(self, c: sqlite3.Connection, attempt_id: int, end_reason: str,
+                     exit_code: int | None, now: float) -> tuple[int, str]:
+        row = c.execute("SELECT * FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"attempt {attempt_id} does not exist")
+        if row["status"] != "ended":
+            c.execute("UPDATE attempts SET status='ended', ended_at=?, end_reason=?, exit_code=?"
+                      " WHERE id=?", (now, end_reason, exit_code, attempt_id))
+        a = _attempt(row)
+        return a.n, a.placement_label()
+
+    def end_attempt(self, job_id: int, attempt_id: int, end_reason: str,
+                    exit_code: int | None, info: str) -> None:
+        """End an attempt without a job transition (e.g. a launch that found no capacity)."""
+        now = time.time()
+        with self._tx() as c:
+            n, label = self._end_attempt(c, attempt_id, end_reason, exit_code, now)
+            self._event(c, job_id, "info", None, None, info, exit_code, n, label, now)
+
+    def set_attempt_status(self, attempt_id: int, status: str, *, running: bool = False) -> None:
+        with self._tx() as c:
+            if running:
+                c.execute("UPDATE attempts SET status=?, running_at=COALESCE(running_at, ?)"
+                          " WHERE id=? AND status!='ended'", (status, time.time(), attempt_id))
+            else:
+                c.execute("UPDATE attempts SET status=? WHERE id=? AND status!='ended'",
+                          (status, attempt_id))
+
+    def set_notice(self, job_id: int, attempt_id: int, at: float, deadline: float,
+                   info: str) -> bool:
+        """Record a preemption notice once; False when it was already known."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE attempts SET notice_at=?, notice_deadline=? WHERE id=?"
+                            " AND notice_at IS NULL", (at, deadline, attempt_id))
+            if cur.rowcount == 0:
+                return False
+            n = c.execute("SELECT n FROM attempts WHERE id=?", (attempt_id,)).fetchone()[0]
+            self._event(c, job_id, "info", None, None, info, attempt=n, now=at)
+            return True
+
+    def mark_released(self, attempt_id: int) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE attempts SET released=1 WHERE id=?", (attempt_id,))
+
+    def get_attempt(self, attempt_id: int) -> Attempt:
+        row = self.conn.execute("SELECT * FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"attempt {attempt_id} does not exist")
+        return _attempt(row)
+
+    def attempts_of(self, job_id: int) -> list[Attempt]:
+        rows = self.conn.execute("SELECT * FROM attempts WHERE job_id=? ORDER BY n",
+                                 (job_id,)).fetchall()
+        return [_attempt(r) for r in rows]
+
+    def attempts_for_jobs(self, job_ids: list[int]) -> dict[int, list[Attempt]]:
+        out: dict[int, list[Attempt]] = {j: [] for j in job_ids}
+        for chunk in range(0, len(job_ids), 500):
+            ids = job_ids[chunk:chunk + 500]
+            rows = self.conn.execute(
+                f"SELECT * FROM attempts WHERE job_id IN ({','.join('?' * len(ids))})"
+                " ORDER BY job_id, n", ids).fetchall()
+            for r in rows:
+                out[r["job_id"]].append(_attempt(r))
+        return out
+
+    def unreleased_attempts(self) -> list[Attempt]:
+        rows = self.conn.execute("SELECT * FROM attempts WHERE released=0 ORDER BY id").fetchall()
+        return [_attempt(r) for r in rows]
+
+    def add_info_event(self, job_id: int, info: str, attempt_n: int | None = None) -> None:
+        with self._tx() as c:
+            self._event(c, job_id, "info", None, None, info, attempt=attempt_n)
+
+    def events(self, job_id: int, after_id: int = 0) -> list[dict[str, Any]]:
+        self.get_job(job_id)
+        rows = self.conn.execute("SELECT * FROM events WHERE job_id=? AND id>? ORDER BY id",
+                                 (job_id, after_id)).fetchall()
+        return [dict(r) for r in rows]
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    def set_node_phase(self, attempt_id: int, rank: int, phase: str,
+                       exit_code: int | None = None) -> bool:
+        """Upsert one node's phase; False when nothing changed (a replayed report)."""
+        with self._tx() as c:
+            row = c.execute("SELECT phase, exit_code FROM nodes WHERE attempt_id=? AND rank=?",
+                            (attempt_id, rank)).fetchone()
+            if row is not None and (row["phase"] in ("exited", "setup_failed") or
+                                    (row["phase"], row["exit_code"]) == (phase, exit_code)):
+                return False
+            c.execute("INSERT INTO nodes(attempt_id, rank, phase, exit_code, updated_at)"
+                      " VALUES (?, ?, ?, ?, ?) ON CONFLICT(attempt_id, rank) DO UPDATE SET"
+                      " phase=excluded.phase, exit_code=excluded.exit_code,"
+                      " updated_at=excluded.updated_at",
+                      (attempt_id, rank, phase, exit_code, time.time()))
+            return True
+
+    def nodes_of(self, attempt_id: int) -> dict[int, tuple[str, int | None]]:
+        rows = self.conn.execute("SELECT rank, phase, exit_code FROM nodes WHERE attempt_id=?",
+                                 (attempt_id,)).fetchall()
+        return {r["rank"]: (r["phase"], r["exit_code"]) for r in rows}
+
+    # --- preemption memory -----------------------------------------------------------------
+
+    def record_zone_event(self, p: Placement, kind: str, value: float | None = None) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO zone_events(cloud, region, zone, instance_type, use_spot,"
+                      " kind, at, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (p.cloud, p.region, p.zone, p.instance_type, int(p.use_spot), kind,
+                       time.time(), value))
+
+    def zone_events_since(self, since: float) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM zone_events WHERE at>=? ORDER BY id",
+                                 (since,)).fetchall()
+        return [dict(r) for r in rows]
+
+
+class Store:
+    """Async facade: every call runs on the store's one thread, in submission order."""
+
+    def __init__(self, path: Path) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyjobs-store")
+        self.sync = self._pool.submit(SyncStore, path).result()
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.submit(self.sync.close).result()
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,171 @@
+"""The local provider: instances are local process sessions, with a simulated spot market.
+
+Each instance lives in ``<state-dir>/local-cloud/instances/<id>/`` and is run by
+:mod:`skyjobs.providers.local_instance`, which survives the controller, serves an IMDS-style
+notice endpoint and dies when a simulated preemption's notice runs out. A zone can be set out
+of spot capacity (``market.json``, config ``local_no_spot_zones`` or ``skyjobs capacity``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from skyjobs.exceptions import CapacityError, ProviderError
+from skyjobs.providers import base
+from skyjobs.providers.base import InstanceInfo, LaunchRequest
+from skyjobs.providers.local_instance import (
+    LAUNCH_FILE,
+    STATE_FILE,
+    kill_session,
+    process_alive,
+    read_json,
+    session_members,
+    write_json_atomic,
+)
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, root: Path, no_spot_zones: list[str] | None = None) -> None:
+        self.root = root
+        self.instances = root / "instances"
+        self.instances.mkdir(parents=True, exist_ok=True)
+        self._static_no_spot = set(no_spot_zones or [])
+        # Blocking file and /proc work stays off the event loop.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skyjobs-local")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # --- the simulated market ----------------------------------------------------------------
+
+    def _market_path(self) -> Path:
+        return self.root / "market.json"
+
+    def no_spot_zones(self) -> set[str]:
+        market = read_json(self._market_path()) or {}
+        return self._static_no_spot | set(market.get("no_spot_zones", []))  # type: ignore[arg-type]
+
+    def set_spot_capacity(self, zone: str, available: bool) -> list[str]:
+        market = read_json(self._market_path()) or {}
+        zones = set(market.get("no_spot_zones", []))  # type: ignore[arg-type]
+        (zones.discard if available else zones.add)(zone)
+        write_json_atomic(self._market_path(), {**market, "no_spot_zones": sorted(zones)})
+        return sorted(self.no_spot_zones())
+
+    # --- Provider interface ------------------------------------------------------------------
+
+    async def launch(self, req: LaunchRequest) -> list[InstanceInfo]:
+        if req.placement.use_spot and req.placement.zone in self.no_spot_zones():
+            raise CapacityError(f"local zone {req.placement.zone} has no spot capacity")
+        infos = []
+        for instance_id, env in zip(req.instance_ids, req.agent_env, strict=True):
+            directory = self.instances / instance_id
+            launch = {"instance_id": instance_id, "zone": req.placement.zone,
+                      "use_spot": req.placement.use_spot, "env": env, "tags": req.tags}
+            await self._run(self._prepare, directory, launch)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "skyjobs.providers.local_instance", str(directory),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                detail = (directory / "boot-error.txt")
+                why = detail.read_text() if detail.exists() else err.decode(errors="replace")
+                raise ProviderError(f"local instance {instance_id} failed to boot: {why[-300:]}")
+            infos.append(await self._run(self._info, instance_id))
+        return infos
+
+    @staticmethod
+    def _prepare(directory: Path, launch: dict[str, Any]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not (directory / LAUNCH_FILE).exists():
+            write_json_atomic(directory / LAUNCH_FILE, launch)
+
+    async def status(self, instance_ids: list[str]) -> dict[str, InstanceInfo]:
+        infos = await self._run(lambda: [self._info(i) for i in instance_ids])
+        return {i.instance_id: i for i in infos}
+
+    def _info(self, instance_id: str) -> InstanceInfo:
+        directory = self.instances / instance_id
+        state = read_json(directory / STATE_FILE)
+        if state is None:
+            if (directory / LAUNCH_FILE).exists() and not (directory / "boot-error.txt").exists():
+                return InstanceInfo(instance_id, base.PENDING)
+            return InstanceInfo(instance_id, base.GONE, base.NOT_FOUND)
+        if state.get("state") == "terminated":
+            return InstanceInfo(instance_id, base.GONE, str(state.get("reason") or base.LOST))
+        pid, ticks = state.get("pid"), state.get("start_ticks")
+        if isinstance(pid, int) and process_alive(pid, ticks if isinstance(ticks, int) else None):
+            return InstanceInfo(instance_id, base.RUNNING, ip="127.0.0.1")
+        # The process vanished without the hypervisor recording why: the host lost it.
+        return InstanceInfo(instance_id, base.GONE, base.LOST)
+
+    async def terminate(self, instance_ids: list[str]) -> None:
+        for instance_id in instance_ids:
+            await self._run(self._terminate_one, instance_id)
+
+    def _terminate_one(self, instance_id: str) -> None:
+        directory = self.instances / instance_id
+        if not directory.exists():
+            return
+        lock_fd = os.open(directory / "launch.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            # Waits for a boot in flight, then leaves a tombstone no later boot will pass.
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            state = read_json(directory / STATE_FILE) or {}
+            sid = state.get("sid")
+            if state.get("state") != "terminated":
+                write_json_atomic(directory / STATE_FILE, {
+                    **state, "state": "terminated", "reason": base.TERMINATED,
+                    "ended_at": time.time()})
+            if isinstance(sid, int):
+                self._stop_session(sid)
+        finally:
+            os.close(lock_fd)
+
+    @staticmethod
+    def _stop_session(sid: int) -> None:
+        kill_session(sid, signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
+        while session_members(sid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kill_session(sid, signal.SIGKILL)
+
+    async def preempt(self, instance_ids: list[str], notice_s: float) -> None:
+        for instance_id in instance_ids:
+            state = await self._run(read_json, self.instances / instance_id / STATE_FILE)
+            port = (state or {}).get("metadata_port")
+            if not state or state.get("state") != "running" or not isinstance(port, int):
+                raise ProviderError(f"instance {instance_id} is not running")
+            url = f"http://127.0.0.1:{port}/sim/preempt?notice={notice_s}"
+            await self._run(self._post, url)
+
+    @staticmethod
+    def _post(url: str) -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5):
+                pass
+        except OSError as err:
+            raise ProviderError(f"metadata endpoint did not answer: {err}") from None
+
+    def list_instances(self) -> list[str]:
+        return sorted(p.name for p in self.instances.iterdir() if p.is_dir())
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def describe(info: InstanceInfo) -> str:
+    return json.dumps({"id": info.instance_id, "state": info.state, "reason": info.reason})

@@ -1,0 +1,356 @@
+"""Replay placement policies over spot-capacity traces.
+
+The simulated job runs the controller's own code: candidates come from
+:func:`skyjobs.recovery.placement.match` over a catalog built from the trace zones, each
+attempt goes to the first of :func:`skyjobs.recovery.policy.rank`, and the job's
+:class:`PreemptionMemory` holds only what the job itself saw. The model (docs/policy.md):
+
+* a launch in a zone whose capacity (at that sample) is below the node count fails and costs
+  ``launch_fail_s`` of wall time (one trace gap by default), and nothing else;
+* every (re)start pays ``restart_s`` before work resumes; on-demand is always available;
+* a running spot instance is preempted at the first sample where capacity drops below the
+  node count; it loses the work since the last checkpoint unless the notice is long enough
+  to checkpoint (``notice_s >= checkpoint_save_s``);
+* DEADLINE_AWARE on on-demand re-asks :func:`deadline_decision` at every sample; a switch to
+  spot launches spot first (a failed try costs nothing while on-demand runs), then pays a
+  restart like any launch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from skyjobs.exceptions import ConfigError
+from skyjobs.pricing.catalog import Catalog, Offering, Placement
+from skyjobs.pricing.prices import PriceBook
+from skyjobs.recovery.bound import BoundInput, lower_bound
+from skyjobs.recovery.memory import PreemptionMemory
+from skyjobs.recovery.placement import Candidate, match
+from skyjobs.recovery.policy import RankingContext, deadline_decision, memory_key, rank
+from skyjobs.recovery.traces import TraceSet, ZoneTrace
+from skyjobs.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    job_hours: float
+    deadline_hours: float | None = None
+    restart_s: float = 180.0
+    checkpoint_interval_s: float = 1800.0
+    checkpoint_save_s: float = 30.0
+    notice_s: float = 120.0  # AWS gives two minutes
+    launch_fail_s: float | None = None  # None: one trace gap
+    spot_price: float = 0.97
+    ondemand_price: float = 3.06
+    spot_prices: dict[str, float] = field(default_factory=dict)  # zone or region -> $/h
+    nodes: int | None = None  # None: the largest capacity in the traces
+    start_every_hours: float = 6.0
+    cloud: str = "aws"
+    instance_type: str = "p3.2xlarge"
+
+    def validate(self) -> None:
+        if self.job_hours <= 0:
+            raise ConfigError("job hours must be positive")
+        if self.deadline_hours is not None and self.deadline_hours < self.job_hours:
+            raise ConfigError("the deadline is shorter than the job")
+        for name in ("restart_s", "checkpoint_interval_s", "checkpoint_save_s", "notice_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if self.checkpoint_interval_s <= 0 or self.start_every_hours <= 0:
+            raise ConfigError("checkpoint interval and start spacing must be positive")
+        if min([self.spot_price, self.ondemand_price, *self.spot_prices.values()]) < 0:
+            raise ConfigError("prices must not be negative")
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A simulated policy: a controller strategy and which of its aids it may use."""
+
+    name: str
+    strategy: str
+    memory: bool = True
+    deadline_guard: bool = True
+    zones: tuple[str, ...] | None = None
+    on_demand_only: bool = False
+
+
+POLICIES: dict[str, PolicySpec] = {
+    "COST_AWARE": PolicySpec("COST_AWARE", "COST_AWARE"),
+    "DEADLINE_AWARE": PolicySpec("DEADLINE_AWARE", "DEADLINE_AWARE"),
+    "FAILOVER": PolicySpec("FAILOVER", "FAILOVER"),
+    "EAGER_NEXT_REGION": PolicySpec("EAGER_NEXT_REGION", "EAGER_NEXT_REGION"),
+    # SkyPilot today: leaves the preempted region, no memory, no deadline.
+    "skypilot": PolicySpec("skypilot", "EAGER_NEXT_REGION", memory=False, deadline_guard=False),
+    "on-demand": PolicySpec("on-demand", "COST_AWARE", on_demand_only=True),
+}
+
+
+@dataclass
+class RunResult:
+    start_h: float
+    cost: float = 0.0
+    hours: float = 0.0  # submit to finish
+    missed: bool = False
+    preemptions: int = 0
+    zone_changes: int = 0
+    launches: int = 0
+    failed_launches: int = 0
+    spot_hours: float = 0.0
+    ondemand_hours: float = 0.0
+    truncated: bool = False  # the trace ended first; finished on on-demand
+
+
+def spot_price_for(cfg: SimConfig, zone: ZoneTrace) -> float:
+    return cfg.spot_prices.get(zone.zone, cfg.spot_prices.get(zone.region, cfg.spot_price))
+
+
+def node_count(cfg: SimConfig, traces: TraceSet) -> int:
+    return cfg.nodes if cfg.nodes is not None else max(1, traces.max_capacity)
+
+
+def build_catalog(cfg: SimConfig, traces: TraceSet) -> Catalog:
+    return Catalog(
+        Offering(cfg.cloud, z.region, z.zone, cfg.instance_type, z.gpu.upper(), 1, 8, 61,
+                 cfg.ondemand_price, spot_price_for(cfg, z), "trace", f"replay of {traces.name}")
+        for z in traces.zones)
+
+
+def build_candidates(cfg: SimConfig, traces: TraceSet, spec: PolicySpec) -> list[Candidate]:
+    gpu = traces.zones[0].gpu.upper()
+    task = TaskSpec.model_validate({"resources": {"accelerators": f"{gpu}:1",
+                                                  "use_spot": not spec.on_demand_only},
+                                    "num_nodes": node_count(cfg, traces)})
+    cands = match(task, build_catalog(cfg, traces), with_on_demand_twins=True)
+    if spec.zones is not None:
+        cands = [c for c in cands if c.placement.zone in spec.zones]
+    return cands
+
+
+def start_times(cfg: SimConfig, traces: TraceSet) -> list[float]:
+    """Submit times every ``start_every_hours`` that leave the job its whole window."""
+    window = 3600 * (cfg.deadline_hours if cfg.deadline_hours else 2 * cfg.job_hours)
+    step = 3600 * cfg.start_every_hours
+    n = int((traces.span_s - window) // step) + 1
+    return [i * step for i in range(max(0, n))]
+
+
+class _Job:
+    """One replayed job: the controller loop in miniature."""
+
+    def __init__(self, traces: TraceSet, cfg: SimConfig, spec: PolicySpec,
+                 cands: list[Candidate], start: float) -> None:
+        self.traces, self.cfg, self.spec, self.cands = traces, cfg, spec, cands
+        self.zones = {z.zone: z for z in traces.zones}
+        self.nodes = node_count(cfg, traces)
+        self.work = cfg.job_hours * 3600
+        self.start = start
+        self.deadline = start + 3600 * cfg.deadline_hours if cfg.deadline_hours else None
+        self.fail_s = cfg.launch_fail_s if cfg.launch_fail_s is not None else traces.gap_s
+        self.memory = PreemptionMemory() if spec.memory else None
+        self.prices = PriceBook() if any(z.prices for z in traces.zones) else None
+        self.r = RunResult(start_h=start / 3600)
+        self.progress = 0.0
+        self.last: Placement | None = None
+        self.last_end: str | None = None
+        self.last_preempted: Placement | None = None
+        self.prev_zone: str | None = None
+
+    # -- context ----------------------------------------------------------------------------
+
+    def ctx(self, t: float, running: bool, progress: float | None = None) -> RankingContext:
+        cfg = self.cfg
+        if self.prices is not None:
+            for z in self.traces.zones:
+                price = z.price_at(t)
+                if price is not None:
+                    self.prices.observe((cfg.cloud, z.region, z.zone, cfg.instance_type),
+                                        price, t)
+        return RankingContext(
+            strategy=self.spec.strategy, ordered=False, now=t, last=self.last,
+            last_end=self.last_end, deadline_at=self.deadline,
+            expected_runtime_s=self.work if self.deadline is not None else None,
+            progress_s=self.progress if progress is None else progress,
+            memory=self.memory, prices=self.prices, restart_s=cfg.restart_s,
+            checkpoint_interval_s=cfg.checkpoint_interval_s,
+            checkpoint_save_s=cfg.checkpoint_save_s, notice_s=cfg.notice_s,
+            launch_fail_s=self.fail_s, submitted_at=self.start, running=running,
+            last_preempted=self.last_preempted, deadline_guard=self.spec.deadline_guard)
+
+    def record(self, p: Placement, kind: str, t: float, value: float = 1.0) -> None:
+        if self.memory is not None:
+            self.memory.record(memory_key(p), kind, t, value)
+
+    # -- trace -------------------------------------------------------------------------------
+
+    def has_capacity(self, p: Placement, t: float) -> bool:
+        return not p.use_spot or self.zones[p.zone].capacity_at(t) >= self.nodes
+
+    def drop_time(self, p: Placement, t: float) -> float:
+        """When a spot instance launched at ``t`` loses its capacity."""
+        if not p.use_spot:
+            return math.inf
+        z = self.zones[p.zone]
+        i = z.index(t) + 1
+        while i < len(z.capacity) and z.capacity[i] >= self.nodes:
+            i += 1
+        return i * z.gap_s  # past the end of the trace counts as no capacity
+
+    def pay(self, p: Placement, a: float, b: float) -> None:
+        if b <= a:
+            return
+        hours = (b - a) / 3600
+        if p.use_spot:
+            self.r.spot_hours += hours
+        else:
+            self.r.ondemand_hours += hours
+        z = self.zones[p.zone]
+        if p.use_spot and z.prices is not None:
+            t, cost = a, 0.0
+            while t < b:
+                nxt = min(b, (z.index(t) + 1) * z.gap_s)
+                cost += (z.price_at(t) or 0.0) * (nxt - t) / 3600
+                t = nxt
+        else:
+            cost = p.price_per_hour * hours
+        self.r.cost += cost * self.nodes
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        t = self.start
+        end = self.traces.span_s
+        pending: Placement | None = None
+        while self.progress < self.work - 1e-6:
+            if t >= end:
+                self.finish_on_demand(t)
+                return self.r
+            p = pending or rank(self.cands, self.ctx(t, running=False))[0].candidate.placement
+            pending = None
+            if not self.has_capacity(p, t):
+                self.record(p, "no_capacity", t)
+                self.r.failed_launches += 1
+                self.last, self.last_end = p, "no_capacity"
+                t += self.fail_s
+                continue
+            t, pending = self.stint(p, t)
+        self.r.hours = (t - self.start) / 3600
+        self.r.missed = self.deadline is not None and t > self.deadline + 1e-6
+        return self.r
+
+    def stint(self, p: Placement, t0: float) -> tuple[float, Placement | None]:
+        """Run ``p`` from ``t0`` until it finishes, is preempted or is switched away from."""
+        self.r.launches += 1
+        if self.prev_zone is not None and p.zone != self.prev_zone:
+            self.r.zone_changes += 1
+        self.prev_zone = p.zone
+        self.record(p, "launch_ok", t0)
+        self.last, self.last_end = p, None
+        useful_from = t0 + self.cfg.restart_s
+        finish = useful_from + (self.work - self.progress)
+        drop = self.drop_time(p, t0)
+        if not p.use_spot and self.spec.strategy == "DEADLINE_AWARE":
+            switch = self.watch_on_demand(p, useful_from, finish)
+            if switch is not None:
+                t, nxt = switch
+                self.end_stint(p, t0, t, max(0.0, t - useful_from))
+                return t, nxt
+        if finish <= drop:
+            self.end_stint(p, t0, finish, self.work - self.progress)
+            return finish, None
+        useful = max(0.0, drop - useful_from)
+        if self.cfg.notice_s < self.cfg.checkpoint_save_s:
+            useful = self.cfg.checkpoint_interval_s * (useful // self.cfg.checkpoint_interval_s)
+        self.end_stint(p, t0, drop, useful)
+        self.r.preemptions += 1
+        self.record(p, "preemption", drop)
+        self.last_end, self.last_preempted = "preempted", p
+        return drop, None
+
+    def end_stint(self, p: Placement, t0: float, t1: float, gained: float) -> None:
+        self.pay(p, t0, t1)
+        self.progress = min(self.work, self.progress + gained)
+        self.record(p, "run_seconds", t1, t1 - t0)
+
+    def watch_on_demand(self, p: Placement, useful_from: float,
+                        finish: float) -> tuple[float, Placement] | None:
+        """On on-demand, ask at every sample whether to go back to spot, and try it."""
+        gap = self.traces.gap_s
+        t = (math.floor(useful_from / gap) + 1) * gap
+        while t < finish and t < self.traces.span_s:
+            progress = self.progress + (t - useful_from)
+            if deadline_decision(self.ctx(t, running=True, progress=progress)).use_spot:
+                ranked = rank(self.cands, self.ctx(t, running=True, progress=progress))
+                spot = next((r.candidate.placement for r in ranked
+                             if r.candidate.placement.use_spot), None)
+                if spot is not None and self.has_capacity(spot, t):
+                    return t, spot
+                if spot is not None:
+                    self.record(spot, "no_capacity", t)
+            t += gap
+        return None
+
+    def finish_on_demand(self, t: float) -> None:
+        od = next(c.placement for c in self.cands if not c.placement.use_spot)
+        rest = self.work - self.progress + self.cfg.restart_s
+        self.pay(od, t, t + rest)
+        self.r.truncated = True
+        self.r.hours = (t + rest - self.start) / 3600
+        self.r.missed = self.deadline is not None and t + rest > self.deadline + 1e-6
+
+
+def simulate_run(traces: TraceSet, cfg: SimConfig, spec: PolicySpec, start: float) -> RunResult:
+    cands = build_candidates(cfg, traces, spec)
+    if not cands:
+        raise ConfigError(f"policy {spec.name}: no candidate placement in the traces")
+    return _Job(traces, cfg, spec, cands, start).run()
+
+
+def bound_run(traces: TraceSet, cfg: SimConfig, start: float) -> float | None:
+    """The omniscient lower bound for a job submitted at ``start`` (see bound.py)."""
+    gap = traces.gap_s
+    window = 3600 * (cfg.deadline_hours or 2 * cfg.job_hours)
+    steps = math.ceil(window / gap)
+    nodes = node_count(cfg, traces)
+    first = int(start // gap)
+    spot: list[list[float | None]] = []
+    for z in traces.zones:
+        row: list[float | None] = []
+        for i in range(first, first + steps):
+            ok = i < len(z.capacity) and z.capacity[i] >= nodes
+            price = z.prices[i] if z.prices is not None and ok else spot_price_for(cfg, z)
+            row.append(price * nodes * gap / 3600 if ok else None)
+        spot.append(row)
+    inp = BoundInput(gap, steps, cfg.job_hours * 3600, cfg.restart_s,
+                     cfg.ondemand_price * nodes * gap / 3600, spot)
+    return lower_bound(inp)
+
+
+@dataclass(frozen=True)
+class PolicySummary:
+    name: str
+    runs: int
+    mean_cost: float
+    savings: float  # vs all on-demand, fraction
+    misses: int
+    preemptions: float  # mean per run
+    zone_changes: float
+    mean_hours: float
+    vs_bound: float | None  # mean cost / mean bound - 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def summarize(name: str, runs: list[RunResult], od_cost: float,
+              bound_cost: float | None) -> PolicySummary:
+    n = max(1, len(runs))
+    mean_cost = sum(r.cost for r in runs) / n
+    return PolicySummary(
+        name=name, runs=len(runs), mean_cost=mean_cost,
+        savings=1 - mean_cost / od_cost if od_cost > 0 else 0.0,
+        misses=sum(r.missed for r in runs),
+        preemptions=sum(r.preemptions for r in runs) / n,
+        zone_changes=sum(r.zone_changes for r in runs) / n,
+        mean_hours=sum(r.hours for r in runs) / n,
+        vs_bound=mean_cost / bound_cost - 1 if bound_cost else None)
