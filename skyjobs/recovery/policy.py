@@ -10,6 +10,7 @@ sees the newest evidence.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from skyjobs.pricing.catalog import Placement
@@ -104,27 +105,42 @@ def safety_reserve_s(ctx: RankingContext) -> float:
     return ctx.restart_s + mishap
 
 
-def _behind_uniform_progress(ctx: RankingContext, margin_s: float) -> bool:
-    """Uniform Progress (Wu et al., NSDI'24): spend the initial slack no faster than evenly over
-    the time to the deadline. True when the slack used so far (plus margin) exceeds that."""
-    assert ctx.deadline_at is not None and ctx.expected_runtime_s is not None
-    start = ctx.submitted_at if ctx.submitted_at is not None else ctx.now - ctx.progress_s
-    total = ctx.deadline_at - start
-    if total <= 0:
-        return True
-    elapsed = max(0.0, ctx.now - start)
-    budget = (total - ctx.expected_runtime_s) * elapsed / total
-    used = elapsed - ctx.progress_s
-    return used + margin_s > budget
+def spot_slack_rate(ctx: RankingContext, candidates: list[Candidate] | None = None) -> float:
+    """Seconds of slack one hour of spot work is expected to use up: each preemption costs a
+    restart, the unsaved work and the failed launches before the next start. The best spot
+    candidate's estimate counts, since that is where the job will run."""
+    memory = ctx.memory or _PRIOR
+    keys = [memory_key(c.placement) for c in candidates or () if c.placement.use_spot]
+    if not keys and ctx.last is not None and ctx.last.use_spot:
+        keys = [memory_key(ctx.last)]
+    best = math.inf
+    for key in keys or [("", "", "", "", True)]:
+        est = memory.estimate(key, ctx.now)
+        q = min(est.p_no_capacity, 0.99)
+        per_event = ctx.restart_s + lost_work_s(ctx) / 2 + q / (1 - q) * ctx.launch_fail_s
+        best = min(best, est.hazard_per_hour * per_event)
+    return best
 
 
-def deadline_decision(ctx: RankingContext) -> Decision:
+def slack_needed_s(ctx: RankingContext, candidates: list[Candidate] | None = None) -> float:
+    """The slack to keep for the rest of the job: the safety reserve plus twice the expected
+    use of the remaining spot work (twice, because preemptions come in bursts)."""
+    assert ctx.expected_runtime_s is not None
+    remaining_h = max(0.0, ctx.expected_runtime_s - ctx.progress_s) / 3600
+    return safety_reserve_s(ctx) + 2 * remaining_h * spot_slack_rate(ctx, candidates)
+
+
+def deadline_decision(ctx: RankingContext,
+                      candidates: list[Candidate] | None = None) -> Decision:
     """Spot or on-demand for the job's next step (a launch, or staying where it runs).
 
     Every strategy with ``deadline_guard`` commits to on-demand once the slack is down to the
-    safety reserve. DEADLINE_AWARE also keeps to the uniform-progress line: after spot proved
-    unavailable while behind the line it uses on-demand, and leaves on-demand for spot only once
-    it is ahead by enough slack to pay for the switch (hysteresis against flapping).
+    safety reserve (the "greedy" policy of Wu et al., NSDI'24). DEADLINE_AWARE paces its
+    slack instead, in the spirit of their Uniform Progress: the line it keeps to is the slack
+    the rest of the job is expected to need (:func:`slack_needed_s`). Below it, a launch that
+    finds no spot capacity is followed by on-demand; on on-demand, the job goes back to spot
+    once the slack exceeds the line by the cost of the switch (hysteresis against flapping).
+    Spare slack above the line is spent waiting for spot.
     """
     slack = slack_s(ctx)
     if slack is None:
@@ -135,15 +151,18 @@ def deadline_decision(ctx: RankingContext) -> Decision:
         return Decision(False, f"slack {slack / 3600:.2f} h at the safety reserve: on-demand")
     if ctx.strategy != "DEADLINE_AWARE":
         return Decision(True, f"slack {slack / 3600:.2f} h")
+    need = slack_needed_s(ctx, candidates)
     if on_od:
-        margin = 2 * ctx.restart_s + ctx.launch_fail_s
-        if _behind_uniform_progress(ctx, margin):
-            return Decision(False, "not yet ahead of uniform progress: stay on-demand")
-        return Decision(True, "ahead of uniform progress: back to spot")
+        if slack < need + ctx.restart_s + ctx.launch_fail_s:
+            return Decision(False, f"slack {slack / 3600:.2f} h, keeping {need / 3600:.2f} h:"
+                                   " stay on-demand")
+        return Decision(True, f"slack {slack / 3600:.2f} h above the {need / 3600:.2f} h"
+                              " needed: back to spot")
     spot_just_failed = (ctx.last_end == "no_capacity" and ctx.last is not None
                         and ctx.last.use_spot)
-    if spot_just_failed and _behind_uniform_progress(ctx, 0.0):
-        return Decision(False, "behind uniform progress and spot unavailable: on-demand")
+    if spot_just_failed and slack <= need:
+        return Decision(False, f"no spot capacity and slack {slack / 3600:.2f} h is below the"
+                               f" {need / 3600:.2f} h needed: on-demand")
     return Decision(True, f"slack {slack / 3600:.2f} h, spot")
 
 
@@ -234,7 +253,7 @@ def _sort_key(cand: Candidate, ctx: RankingContext, spot_first: bool,
 def rank(candidates: list[Candidate], ctx: RankingContext) -> list[Ranked]:
     """Best first. Cooling zones go last, never away; on-demand twins of a spot request
     (``requested=False``) appear only when the deadline calls for on-demand."""
-    decision = deadline_decision(ctx)
+    decision = deadline_decision(ctx, candidates)
     any_on_demand_twin = not decision.use_spot
     out: list[tuple[tuple[float | str, ...], Ranked]] = []
     for cand in candidates:

@@ -279,7 +279,8 @@ class _Job:
         t = (math.floor(useful_from / gap) + 1) * gap
         while t < finish and t < self.traces.span_s:
             progress = self.progress + (t - useful_from)
-            if deadline_decision(self.ctx(t, running=True, progress=progress)).use_spot:
+            ctx = self.ctx(t, running=True, progress=progress)
+            if deadline_decision(ctx, self.cands).use_spot:
                 ranked = rank(self.cands, self.ctx(t, running=True, progress=progress))
                 spot = next((r.candidate.placement for r in ranked
                              if r.candidate.placement.use_spot), None)
