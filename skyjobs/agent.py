@@ -26,7 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from skyjobs.checkpoint.buckets import BucketSet, MountedBucket, local_bucket_dir, node_path
+from skyjobs.checkpoint.buckets import BucketSet, node_path
+from skyjobs.checkpoint.factory import make_bucket
 
 REPORT_RETRY_SECONDS = 3600.0  # how long an exit report is retried while the controller is away
 FETCH_RETRY_SECONDS = 600.0
@@ -181,12 +182,8 @@ class Agent:
             data = self.client.retrying(lambda: self.client.request("GET", "/archive"),
                                         FETCH_RETRY_SECONDS, "fetch workdir")
             self._unpack(data, workdir)
-        mounts = []
-        for b in self.task.get("buckets", []):
-            mounts.append(MountedBucket(node_path(b["target"], self.fs_root),
-                                        local_bucket_dir(b["source"], Path(b["buckets_root"])),
-                                        b["mode"]))
-        self.buckets = BucketSet(mounts)
+        self.buckets = BucketSet([make_bucket(b, self.fs_root)
+                                  for b in self.task.get("buckets", [])])
         self.buckets.prepare()
         if self.buckets.has_copy:
             threading.Thread(target=self._copy_loop, daemon=True, name="copy-sync").start()

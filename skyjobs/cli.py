@@ -339,6 +339,15 @@ def capacity(obj: Ctx, zone: str, spot: bool) -> None:
     click.echo(f"zones without spot capacity: {zones}")
 
 
+def _register_extra_commands() -> None:
+    from skyjobs.demo import demo
+
+    main.add_command(demo)
+
+
+_register_extra_commands()
+
+
 def run() -> None:
     """Entry point: one clear error line, never a traceback."""
     try:

@@ -14,6 +14,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def parse_bucket(source: str) -> tuple[str, str, str]:
@@ -106,7 +107,7 @@ class MountedBucket:
 class BucketSet:
     """All buckets of a node, with one lock so periodic and notice uploads never overlap."""
 
-    def __init__(self, buckets: list[MountedBucket]) -> None:
+    def __init__(self, buckets: list[Any]) -> None:
         self.buckets = buckets
         self._lock = threading.Lock()
 
