@@ -27,7 +27,14 @@ from skyjobs.pricing.prices import PriceBook
 from skyjobs.recovery.bound import BoundInput, lower_bound
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.recovery.placement import Candidate, match
-from skyjobs.recovery.policy import RankingContext, deadline_decision, memory_key, rank
+from skyjobs.recovery.policy import (
+    RankingContext,
+    ZoneKey,
+    deadline_decision,
+    memory_key,
+    rank,
+    zone_key,
+)
 from skyjobs.recovery.traces import TraceSet, ZoneTrace
 from skyjobs.spec import TaskSpec
 
@@ -73,6 +80,7 @@ class PolicySpec:
     deadline_guard: bool = True
     zones: tuple[str, ...] | None = None
     on_demand_only: bool = False
+    rotate_failed: bool = False  # retry a zone that failed only after trying all the others
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -81,7 +89,10 @@ POLICIES: dict[str, PolicySpec] = {
     "FAILOVER": PolicySpec("FAILOVER", "FAILOVER"),
     "EAGER_NEXT_REGION": PolicySpec("EAGER_NEXT_REGION", "EAGER_NEXT_REGION"),
     # SkyPilot today: leaves the preempted region, no memory, no deadline.
-    "skypilot": PolicySpec("skypilot", "EAGER_NEXT_REGION", memory=False, deadline_guard=False),
+    # SkyPilot today: leaves the preempted region, fails over across zones within a launch,
+    # keeps no memory and knows no deadline.
+    "skypilot": PolicySpec("skypilot", "EAGER_NEXT_REGION", memory=False, deadline_guard=False,
+                           rotate_failed=True),
     "on-demand": PolicySpec("on-demand", "COST_AWARE", on_demand_only=True),
 }
 
@@ -155,6 +166,7 @@ class _Job:
         self.last_end: str | None = None
         self.last_preempted: Placement | None = None
         self.prev_zone: str | None = None
+        self.cooldown: dict[ZoneKey, float] = {}
 
     # -- context ----------------------------------------------------------------------------
 
@@ -168,7 +180,7 @@ class _Job:
                                         price, t)
         return RankingContext(
             strategy=self.spec.strategy, ordered=False, now=t, last=self.last,
-            last_end=self.last_end, deadline_at=self.deadline,
+            last_end=self.last_end, cooldown=self.cooldown, deadline_at=self.deadline,
             expected_runtime_s=self.work if self.deadline is not None else None,
             progress_s=self.progress if progress is None else progress,
             memory=self.memory, prices=self.prices, restart_s=cfg.restart_s,
@@ -231,6 +243,8 @@ class _Job:
                 self.record(p, "no_capacity", t)
                 self.r.failed_launches += 1
                 self.last, self.last_end = p, "no_capacity"
+                if self.spec.rotate_failed:
+                    self.cooldown[zone_key(p)] = t + len(self.zones) * self.fail_s
                 t += self.fail_s
                 continue
             t, pending = self.stint(p, t)
@@ -355,3 +369,58 @@ def summarize(name: str, runs: list[RunResult], od_cost: float,
         zone_changes=sum(r.zone_changes for r in runs) / n,
         mean_hours=sum(r.hours for r in runs) / n,
         vs_bound=mean_cost / bound_cost - 1 if bound_cost else None)
+
+
+SINGLE_ZONE = "single-zone-greedy"
+BOUND = "omniscient"
+BUILTIN_NAMES = (*POLICIES, SINGLE_ZONE)
+
+
+def run_policy(traces: TraceSet, cfg: SimConfig, name: str,
+               starts: list[float]) -> list[RunResult]:
+    """Every start of one policy; ``single-zone-greedy`` runs each zone on its own (greedy
+    spot in that zone, on-demand once the deadline needs it) and returns all those runs."""
+    if name == SINGLE_ZONE:
+        specs = [PolicySpec(f"{SINGLE_ZONE}:{z.zone}", "FAILOVER", zones=(z.zone,))
+                 for z in traces.zones]
+    elif name in POLICIES:
+        specs = [POLICIES[name]]
+    else:
+        raise ConfigError(f"unknown policy {name!r} (known: {', '.join(BUILTIN_NAMES)})")
+    return [simulate_run(traces, cfg, spec, s) for spec in specs for s in starts]
+
+
+@dataclass(frozen=True)
+class Report:
+    traces: str
+    starts: int
+    nodes: int
+    ondemand_cost: float
+    bound_cost: float | None
+    policies: tuple[PolicySummary, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"traces": self.traces, "starts": self.starts, "nodes": self.nodes,
+                "ondemand_cost": self.ondemand_cost, "bound_cost": self.bound_cost,
+                "policies": [p.as_dict() for p in self.policies]}
+
+
+def evaluate(traces: TraceSet, cfg: SimConfig, names: list[str],
+             with_bound: bool = True) -> Report:
+    cfg.validate()
+    starts = start_times(cfg, traces)
+    if not starts:
+        raise ConfigError(f"{traces.name}: the traces are shorter than one job window")
+    od_runs = run_policy(traces, cfg, "on-demand", starts)
+    od_cost = sum(r.cost for r in od_runs) / len(od_runs)
+    bound: float | None = None
+    if with_bound:
+        values = [bound_run(traces, cfg, s) for s in starts]
+        bound = sum(v for v in values if v is not None) / len(values)
+    summaries = [summarize(n, run_policy(traces, cfg, n, starts), od_cost, bound)
+                 for n in names]
+    if bound is not None:
+        summaries.append(PolicySummary(BOUND, len(starts), bound, 1 - bound / od_cost, 0,
+                                       0.0, 0.0, 0.0, 0.0))
+    return Report(traces.name, len(starts), node_count(cfg, traces), od_cost, bound,
+                  tuple(summaries))

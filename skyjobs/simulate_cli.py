@@ -1,0 +1,134 @@
+"""``skyjobs simulate``: replay placement policies over spot-capacity traces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from skyjobs.exceptions import SkyjobsError
+from skyjobs.recovery.policy import effective_strategy
+from skyjobs.recovery.simulator import BUILTIN_NAMES, Report, SimConfig, evaluate
+from skyjobs.recovery.traces import load_traces
+from skyjobs.spec import STRATEGIES, JobRecovery
+
+DEFAULT_POLICIES = ("default", "skypilot", "single-zone-greedy")
+
+
+def load_price_file(path: str) -> dict[str, float]:
+    """A JSON object of zone or region -> spot $/hour, e.g. ``{"us-east-1": 0.92,
+    "us-west-2b": 0.99}``; a zone's entry wins over its region's."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise click.UsageError(f"--prices {path}: cannot read: {err}") from None
+    except json.JSONDecodeError as err:
+        raise click.UsageError(
+            f"--prices {path}: not JSON: {err.msg} at line {err.lineno}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise click.UsageError(f"--prices {path}: must be a JSON object of location: $/hour")
+    out: dict[str, float] = {}
+    for key, value in doc.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise click.UsageError(f"--prices {path}: {key}: price must be a number >= 0")
+        out[str(key)] = float(value)
+    return out
+
+
+def resolve_policy(name: str, job_hours: float, deadline_hours: float | None) -> str:
+    if name.lower() == "default":
+        recovery = JobRecovery(deadline_hours=deadline_hours,
+                               expected_runtime_hours=job_hours if deadline_hours else None)
+        return effective_strategy(recovery)
+    if name.upper() in STRATEGIES:
+        return name.upper()
+    if name.lower() in BUILTIN_NAMES:
+        return name.lower()
+    known = ", ".join(["default", *BUILTIN_NAMES])
+    raise click.UsageError(f"--policy {name!r} is unknown (known: {known})")
+
+
+def format_report(report: Report) -> str:
+    head = (f"{'policy':<24}{'runs':>6}{'mean $':>10}{'saving':>9}{'vs bound':>10}"
+            f"{'misses':>8}{'preempt':>9}{'moves':>7}{'hours':>8}")
+    lines = [f"traces {report.traces}: {report.starts} starts, {report.nodes} node(s), "
+             f"all on-demand ${report.ondemand_cost:.2f}", head, "-" * len(head)]
+    for p in report.policies:
+        vs = f"{p.vs_bound:+.1%}" if p.vs_bound is not None else "-"
+        lines.append(f"{p.name:<24}{p.runs:>6}{p.mean_cost:>10.2f}{p.savings:>9.1%}{vs:>10}"
+                     f"{p.misses:>8}{p.preemptions:>9.1f}{p.zone_changes:>7.1f}"
+                     f"{p.mean_hours:>8.1f}")
+    return "\n".join(lines)
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be positive")
+    return value
+
+
+def _not_negative(ctx: click.Context, param: click.Parameter,
+                  value: float | None) -> float | None:
+    if value is not None and value < 0:
+        raise click.BadParameter("must not be negative")
+    return value
+
+
+@click.command("simulate")
+@click.option("--traces", "traces_dir", required=True,
+              help="Directory of <zone>_<gpu>_<count>.json capacity traces.")
+@click.option("--policy", "policies", multiple=True,
+              help="Policy to replay (repeatable): default, a strategy name, skypilot, "
+                   "single-zone-greedy, on-demand. Default: default, skypilot, "
+                   "single-zone-greedy.")
+@click.option("--job-hours", type=float, required=True, callback=_positive)
+@click.option("--deadline-hours", type=float, callback=_positive)
+@click.option("--restart-minutes", type=float, default=3.0, show_default=True,
+              callback=_not_negative)
+@click.option("--checkpoint-minutes", type=float, default=30.0, show_default=True,
+              callback=_positive)
+@click.option("--notice-seconds", type=float, default=120.0, show_default=True,
+              callback=_not_negative, help="Preemption notice (AWS 120, GCP 30).")
+@click.option("--launch-fail-seconds", type=float, callback=_positive,
+              help="Wall time a failed launch costs [default: one trace gap].")
+@click.option("--spot-price", type=float, callback=_not_negative,
+              help="Spot $/hour per node in every zone [default: 0.97].")
+@click.option("--prices", "prices_file", help="JSON object of zone or region -> spot $/hour.")
+@click.option("--on-demand-price", type=float, default=3.06, show_default=True,
+              callback=_not_negative)
+@click.option("--start-every-hours", type=float, default=6.0, show_default=True,
+              callback=_positive)
+@click.option("--nodes", type=int, help="Nodes per job [default: the traces' largest count].")
+@click.option("--no-bound", is_flag=True, help="Skip the omniscient bound (it is the slow part).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def simulate(traces_dir: str, policies: tuple[str, ...], job_hours: float,
+             deadline_hours: float | None, restart_minutes: float, checkpoint_minutes: float,
+             notice_seconds: float, launch_fail_seconds: float | None,
+             spot_price: float | None, prices_file: str | None, on_demand_price: float,
+             start_every_hours: float, nodes: int | None, no_bound: bool,
+             as_json: bool) -> None:
+    """Replay placement policies over spot-capacity traces and compare their costs."""
+    if spot_price is not None and prices_file is not None:
+        raise click.UsageError("give --spot-price or --prices, not both")
+    if nodes is not None and nodes < 1:
+        raise click.UsageError("--nodes must be at least 1")
+    if deadline_hours is not None and deadline_hours < job_hours:
+        raise click.UsageError("--deadline-hours is shorter than --job-hours")
+    names = [resolve_policy(n, job_hours, deadline_hours) for n in policies or DEFAULT_POLICIES]
+    cfg = SimConfig(
+        job_hours=job_hours, deadline_hours=deadline_hours, restart_s=restart_minutes * 60,
+        checkpoint_interval_s=checkpoint_minutes * 60, notice_s=notice_seconds,
+        launch_fail_s=launch_fail_seconds,
+        spot_price=spot_price if spot_price is not None else 0.97,
+        spot_prices=load_price_file(prices_file) if prices_file else {},
+        ondemand_price=on_demand_price, nodes=nodes, start_every_hours=start_every_hours)
+    try:
+        report = evaluate(load_traces(traces_dir), cfg, list(dict.fromkeys(names)),
+                          with_bound=not no_bound)
+    except SkyjobsError as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        click.echo(format_report(report))
