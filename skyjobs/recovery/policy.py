@@ -193,9 +193,19 @@ def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, st
     hazard, q = est.hazard_per_hour, min(est.p_no_capacity, 0.99)
     loss_h = (ctx.restart_s + lost_work_s(ctx) / 2) / 3600.0
     time_value = p.offering.ondemand_price if ctx.deadline_at is not None else price
-    wasted_h = hazard * q / (1 - q) * ctx.launch_fail_s / 3600.0
+    # Failed launches come once per start; starts come with each preemption, and at least
+    # once for the work that is left.
+    remaining_h = _remaining_h(ctx)
+    starts_per_hour = max(hazard, 1 / remaining_h) if remaining_h else hazard
+    wasted_h = starts_per_hour * q / (1 - q) * ctx.launch_fail_s / 3600.0
     cost = price * (1 + hazard * loss_h) + time_value * wasted_h
     return cost, f"{price_label}, {est.describe()}"
+
+
+def _remaining_h(ctx: RankingContext) -> float | None:
+    if ctx.expected_runtime_s is None:
+        return None
+    return max(ctx.expected_runtime_s - ctx.progress_s, 60.0) / 3600
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+import pytest
+
+from skyjobs.exceptions import SkyjobsError
+from skyjobs.recovery.memory import MemoryConfig, PreemptionMemory
+
+A = ("aws", "us-east-1", "us-east-1a", "p3.2xlarge", True)
+B = ("aws", "us-east-1", "us-east-1b", "p3.2xlarge", True)
+W = ("aws", "us-west-2", "us-west-2a", "p3.2xlarge", True)
+H = 3600.0
+
+
+def test_unseen_zone_gets_the_prior():
+    cfg = MemoryConfig()
+    mem = PreemptionMemory(cfg)
+    assert mem.hazard_per_hour(A, 0.0) == pytest.approx(cfg.prior_hazard_per_hour)
+    assert mem.p_no_capacity(A, 0.0) == pytest.approx(cfg.prior_no_capacity)
+    assert 0 < mem.p_no_capacity(A, 0.0) < 1
+
+
+def test_preemption_raises_hazard_and_long_runs_lower_it():
+    mem = PreemptionMemory()
+    mem.record(A, "run_seconds", H, 0.5 * H)
+    mem.record(A, "preemption", H)
+    mem.record(W, "run_seconds", 10 * H, 10 * H)
+    prior = PreemptionMemory().hazard_per_hour(A, H)
+    assert mem.hazard_per_hour(A, H) > prior
+    assert mem.hazard_per_hour(W, 10 * H) < prior
+
+
+def test_evidence_fades_with_half_life():
+    cfg = MemoryConfig(capacity_half_life_s=H, region_weight=0.0)
+    mem = PreemptionMemory(cfg)
+    mem.record(A, "no_capacity", 0.0)
+    fresh = mem.p_no_capacity(A, 0.0)
+    # one failure weighs 1 now, 0.5 after one half-life: (0.3 + w) / (1 + w)
+    assert fresh == pytest.approx(1.3 / 2.0)
+    assert mem.p_no_capacity(A, H) == pytest.approx(0.8 / 1.5)
+    assert mem.p_no_capacity(A, 100 * H) == pytest.approx(cfg.prior_no_capacity, abs=1e-6)
+
+
+def test_launch_ok_lowers_no_capacity():
+    mem = PreemptionMemory()
+    mem.record(A, "launch_ok", 0.0)
+    assert mem.p_no_capacity(A, 0.0) < PreemptionMemory().p_no_capacity(A, 0.0)
+
+
+def test_preemption_is_also_capacity_evidence():
+    mem = PreemptionMemory()
+    mem.record(A, "preemption", 0.0)
+    assert mem.p_no_capacity(A, 0.0) > PreemptionMemory().p_no_capacity(A, 0.0)
+
+
+def test_sibling_zone_lends_some_evidence():
+    mem = PreemptionMemory()
+    for i in range(5):
+        mem.record(A, "no_capacity", float(i))
+    prior = PreemptionMemory().p_no_capacity(B, 5.0)
+    assert prior < mem.p_no_capacity(B, 5.0) < mem.p_no_capacity(A, 5.0)
+    assert mem.p_no_capacity(W, 5.0) == pytest.approx(prior)
+
+
+def test_on_demand_is_never_preempted():
+    mem = PreemptionMemory()
+    od = A[:4] + (False,)
+    mem.record(od, "preemption", 0.0)
+    assert mem.hazard_per_hour(od, 0.0) == 0.0
+    assert mem.p_no_capacity(od, 0.0) == 0.0
+
+
+def test_rebuild_from_records_gives_same_estimates():
+    mem = PreemptionMemory()
+    mem.record(A, "launch_ok", 10.0)
+    mem.record(A, "run_seconds", 4000.0, 3990.0)
+    mem.record(A, "preemption", 4000.0)
+    mem.record(B, "no_capacity", 4100.0)
+    mem.record(A, "no_capacity", 50.0)  # late record, out of order
+    again = PreemptionMemory.from_records(mem.records())
+    for key in (A, B, W):
+        assert again.estimate(key, 9000.0) == mem.estimate(key, 9000.0)
+    assert again.last(A, "preemption") == 4000.0
+
+
+def test_unknown_kind_and_bad_value_raise():
+    mem = PreemptionMemory()
+    with pytest.raises(SkyjobsError):
+        mem.record(A, "exploded", 0.0)
+    with pytest.raises(SkyjobsError):
+        mem.record(A, "run_seconds", 0.0, -5.0)

@@ -1,0 +1,158 @@
+from skyjobs.pricing.catalog import Catalog, Offering, Placement
+from skyjobs.pricing.prices import PriceBook, price_key
+from skyjobs.recovery.memory import PreemptionMemory
+from skyjobs.recovery.placement import Candidate, match
+from skyjobs.recovery.policy import (
+    RankingContext,
+    deadline_decision,
+    effective_strategy,
+    memory_key,
+    rank,
+    safety_reserve_s,
+    zone_key,
+)
+from skyjobs.spec import JobRecovery, TaskSpec
+
+H = 3600.0
+
+
+def off(zone: str, spot: float, od: float = 3.06) -> Offering:
+    region = zone[:-1]
+    return Offering("aws", region, zone, "p3.2xlarge", "V100", 1, 8, 61, od, spot, "d", "s")
+
+
+CATALOG = Catalog([off("us-east-1a", 0.90), off("us-east-1b", 0.95), off("us-west-2a", 0.99)])
+
+
+def spot_task(**resources: object) -> TaskSpec:
+    return TaskSpec.model_validate(
+        {"resources": {"accelerators": "V100:1", "use_spot": True, **resources}})
+
+
+def cands(twins: bool = False) -> list[Candidate]:
+    return match(spot_task(), CATALOG, with_on_demand_twins=twins)
+
+
+def zones(ranked: list) -> list[str]:
+    return [r.candidate.placement.zone for r in ranked]
+
+
+def ctx(strategy: str = "COST_AWARE", **kw: object) -> RankingContext:
+    return RankingContext(strategy=strategy, ordered=False, now=kw.pop("now", 10 * H), **kw)
+
+
+def place(zone: str, spot: bool = True) -> Placement:
+    o = next(o for o in CATALOG.offerings if o.zone == zone)
+    return Placement(o, spot, o.price(spot) or 0.0)
+
+
+def test_cost_aware_without_history_is_cheapest_first_with_reasons():
+    ranked = rank(cands(), ctx())
+    assert zones(ranked) == ["us-east-1a", "us-east-1b", "us-west-2a"]
+    assert "$0.900/h" in ranked[0].reason
+    assert all(r.candidate.placement.use_spot for r in ranked)
+
+
+def test_cost_aware_avoids_zone_that_just_preempted_and_failed():
+    mem = PreemptionMemory()
+    key = memory_key(place("us-east-1a"))
+    mem.record(key, "run_seconds", 10 * H, 600)
+    mem.record(key, "preemption", 10 * H)
+    mem.record(key, "no_capacity", 10 * H + 60)
+    ranked = rank(cands(), ctx(memory=mem, now=10 * H + 120))
+    assert zones(ranked)[0] != "us-east-1a"
+    assert zones(ranked)[-1] == "us-east-1a"
+
+
+def test_live_price_changes_the_order():
+    book = PriceBook()
+    o = place("us-west-2a").offering
+    book.observe(price_key(o), 0.50, t=10 * H - 60)
+    ranked = rank(cands(), ctx(prices=book))
+    assert zones(ranked)[0] == "us-west-2a"
+    assert "live" in ranked[0].reason
+
+
+def test_cooling_zone_goes_last_but_stays():
+    cool = {zone_key(place("us-east-1a")): 11 * H}
+    ranked = rank(cands(), ctx(cooldown=cool))
+    assert zones(ranked) == ["us-east-1b", "us-west-2a", "us-east-1a"]
+    assert "cooling" in ranked[-1].reason
+
+
+def test_failover_retries_where_it_ran_then_its_region():
+    last = place("us-east-1b")
+    ranked = rank(cands(), ctx("FAILOVER", last=last, last_end="preempted"))
+    assert zones(ranked) == ["us-east-1b", "us-east-1a", "us-west-2a"]
+
+
+def test_eager_next_region_leaves_the_preempted_region_for_good():
+    pre = place("us-east-1a")
+    ranked = rank(cands(), ctx("EAGER_NEXT_REGION", last=pre, last_end="preempted"))
+    assert zones(ranked)[0] == "us-west-2a"
+    # After a failed try elsewhere it still stays away from the preempted region.
+    ranked = rank(cands(), ctx("EAGER_NEXT_REGION", last=place("us-west-2a"),
+                               last_end="no_capacity", last_preempted=pre))
+    assert zones(ranked)[0] == "us-west-2a"
+
+
+def test_ordered_keeps_the_users_order_any_of_does_not():
+    task = spot_task(ordered=[{"zone": "us-west-2a"}, {"zone": "us-east-1a"}])
+    c = match(task, CATALOG)
+    assert zones(rank(c, RankingContext("COST_AWARE", True, 0.0))) == ["us-west-2a",
+                                                                     "us-east-1a"]
+    task = spot_task(any_of=[{"zone": "us-west-2a"}, {"zone": "us-east-1a"}])
+    c = match(task, CATALOG)
+    assert zones(rank(c, RankingContext("COST_AWARE", False, 0.0))) == ["us-east-1a",
+                                                                      "us-west-2a"]
+
+
+def test_on_demand_twins_hidden_without_deadline():
+    ranked = rank(cands(twins=True), ctx())
+    assert all(r.candidate.requested for r in ranked)
+
+
+def deadline_ctx(strategy: str, slack_h: float, **kw: object) -> RankingContext:
+    return ctx(strategy, deadline_at=10 * H + (10 + slack_h) * H, expected_runtime_s=20 * H,
+               progress_s=10 * H, submitted_at=0.0, notice_s=120.0, **kw)
+
+
+def test_guard_forces_on_demand_at_the_reserve_for_every_strategy():
+    for strategy in ("COST_AWARE", "FAILOVER", "EAGER_NEXT_REGION", "DEADLINE_AWARE"):
+        c = deadline_ctx(strategy, 0.0)
+        c.deadline_at = (c.deadline_at or 0) + safety_reserve_s(c) - 1
+        assert not deadline_decision(c).use_spot
+        ranked = rank(cands(twins=True), c)
+        assert not ranked[0].candidate.placement.use_spot
+        assert not ranked[0].candidate.requested
+        assert "safety reserve" in ranked[0].reason
+
+
+def test_plenty_of_slack_means_spot():
+    assert deadline_decision(deadline_ctx("DEADLINE_AWARE", 10.0)).use_spot
+    assert deadline_decision(deadline_ctx("COST_AWARE", 10.0)).use_spot
+
+
+def test_deadline_aware_uses_on_demand_when_spot_fails_and_slack_is_short():
+    spot = place("us-east-1a")
+    tight = deadline_ctx("DEADLINE_AWARE", 0.2, last=spot, last_end="no_capacity")
+    assert not deadline_decision(tight, cands()).use_spot
+    # The same situation with an explicit COST_AWARE (greedy) keeps trying spot.
+    greedy = deadline_ctx("COST_AWARE", 0.2, last=spot, last_end="no_capacity")
+    assert deadline_decision(greedy, cands()).use_spot
+
+
+def test_deadline_aware_goes_back_to_spot_when_safe_but_not_when_tight():
+    od = place("us-east-1a", spot=False)
+    roomy = deadline_ctx("DEADLINE_AWARE", 5.0, last=od, running=True)
+    assert deadline_decision(roomy, cands()).use_spot
+    tight = deadline_ctx("DEADLINE_AWARE", 0.2, last=od, running=True)
+    assert not deadline_decision(tight, cands()).use_spot
+
+
+def test_effective_strategy_default_with_and_without_deadline():
+    assert effective_strategy(JobRecovery()) == "COST_AWARE"
+    assert effective_strategy(JobRecovery(deadline_hours=10,
+                                          expected_runtime_hours=8)) == "DEADLINE_AWARE"
+    assert effective_strategy(JobRecovery(strategy="FAILOVER", deadline_hours=10,
+                                          expected_runtime_hours=8)) == "FAILOVER"
