@@ -1,0 +1,438 @@
+"""The AWS provider: EC2 spot and on-demand instances through aioboto3.
+
+Every instance carries our deterministic id (``sjab12cd-7-2-0``) in its ``skyjobs-instance``
+tag and is found by that tag, never by an EC2 id we would have to remember: the store keeps
+only our ids, so a controller that restarts finds its instances again. Launches pass a
+``ClientToken`` derived from our id, so a launch replayed after a crash between the EC2 call
+and the store write gets the first instance back instead of a second one.
+
+Credentials come from the standard AWS chain (environment, profile, instance role) and are
+never read, logged or stored here. One client per region, created on first use and reused.
+``SKYJOBS_AWS_ENDPOINT_URL`` (or botocore's own ``AWS_ENDPOINT_URL``) points every client
+at another endpoint: the tests use a moto server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aioboto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from skyjobs.checkpoint.buckets import parse_bucket
+from skyjobs.exceptions import FatalProviderError, ProviderError, SpecError
+from skyjobs.providers import aws_userdata, base
+from skyjobs.providers.aws_errors import from_client_error
+from skyjobs.providers.base import InstanceInfo, LaunchRequest
+
+TAG_INSTANCE = "skyjobs-instance"
+TAG_CONTROLLER = "skyjobs-controller"
+TAG_RANK = "skyjobs-rank"
+# EC2 takes at most 200 values in one filter.
+FILTER_CHUNK = 200
+# Spot capacity reclaimed by AWS, whether the instance was terminated or stopped.
+SPOT_REASONS = frozenset({"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"})
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+# When one tag matches several instances (someone launched by hand), report the liveliest.
+STATE_RANK = {"running": 0, "pending": 1, "stopping": 2, "stopped": 3, "shutting-down": 4,
+              "terminated": 5}
+
+PriceKey = tuple[str, str, str]  # region, zone, instance type
+PriceRow = tuple[str, str, str, float, float]  # ... plus price $/h and when it was observed
+
+
+def _keyed(value: str) -> dict[str, list[str]]:
+    """``a,b`` or ``key=a,key2=b`` -> {"" or key: [values]}: one syntax for every setting
+    that may differ per region (images, security groups) or zone (subnets)."""
+    out: dict[str, list[str]] = {}
+    for item in (p.strip() for p in value.split(",")):
+        if item:
+            key, sep, val = item.rpartition("=")
+            out.setdefault(key if sep else "", []).append(val.strip())
+    return out
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """Launch settings, from ``SKYJOBS_AWS_*`` environment variables (see docs/aws.md)."""
+
+    image_ids: Mapping[str, list[str]] = field(default_factory=dict)  # region -> AMI
+    security_group_ids: Mapping[str, list[str]] = field(default_factory=dict)  # region -> ids
+    subnets: Mapping[str, list[str]] = field(default_factory=dict)  # zone -> subnet id
+    instance_profile: str = ""  # name or ARN
+    key_name: str = ""
+    package_spec: str = "skyjobs[aws]"
+    agent_user: str = ""  # empty: the agent runs as root
+    regions: tuple[str, ...] = ()  # where status and orphan sweeps look besides launch regions
+    endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AwsConfig:
+        e = os.environ if env is None else env
+
+        def get(name: str, default: str = "") -> str:
+            return e.get(f"SKYJOBS_AWS_{name}", default).strip()
+
+        return cls(
+            image_ids=_keyed(get("IMAGE_ID")),
+            security_group_ids=_keyed(get("SECURITY_GROUP_IDS")),
+            subnets=_keyed(get("SUBNETS")),
+            instance_profile=get("INSTANCE_PROFILE"),
+            key_name=get("KEY_NAME"),
+            package_spec=get("PACKAGE_SPEC", "skyjobs[aws]"),
+            agent_user=get("AGENT_USER"),
+            regions=tuple(r for r in _keyed(get("REGIONS")).get("", [])),
+            endpoint_url=get("ENDPOINT_URL") or None,
+            s3_region=get("S3_REGION", "us-east-1"),
+        )
+
+    def image_for(self, region: str) -> str:
+        images = self.image_ids.get(region) or self.image_ids.get("")
+        if not images:
+            raise FatalProviderError(f"no AMI for {region}: set SKYJOBS_AWS_IMAGE_ID "
+                                     f"(ami-... or {region}=ami-...,...)")
+        return images[0]
+
+    def groups_for(self, region: str) -> list[str]:
+        return [*self.security_group_ids.get(region, []), *self.security_group_ids.get("", [])]
+
+    def subnet_for(self, zone: str) -> str | None:
+        subnets = self.subnets.get(zone)
+        return subnets[0] if subnets else None
+
+
+def client_token(instance_id: str) -> str:
+    """At most 64 ASCII characters, the same for every replay of one node's launch."""
+    token = f"skyjobs-{instance_id}"
+    return token if len(token) <= 64 else hashlib.sha256(token.encode()).hexdigest()
+
+
+def tag_value(instance: Mapping[str, Any], key: str) -> str | None:
+    for tag in instance.get("Tags", []):
+        if tag.get("Key") == key:
+            return str(tag.get("Value"))
+    return None
+
+
+def instance_info(instance_id: str, inst: Mapping[str, Any] | None) -> InstanceInfo:
+    """EC2's view of one instance as the controller's state and reason."""
+    if inst is None:
+        return InstanceInfo(instance_id, base.GONE, base.NOT_FOUND)
+    state = inst.get("State", {}).get("Name", "")
+    if state == "pending":
+        return InstanceInfo(instance_id, base.PENDING)
+    if state == "running":
+        ip = inst.get("PrivateIpAddress") or inst.get("PublicIpAddress")
+        return InstanceInfo(instance_id, base.RUNNING, ip=ip)
+    code = inst.get("StateReason", {}).get("Code", "")
+    if code in SPOT_REASONS:
+        return InstanceInfo(instance_id, base.GONE, base.PREEMPTED)
+    if code == "Client.UserInitiatedShutdown":
+        # A terminate (or stop) through the API: ours, or a person's in the console; EC2
+        # does not say whose, and either way nothing of the cloud took it away.
+        return InstanceInfo(instance_id, base.GONE, base.TERMINATED)
+    # The OS shut itself down, a host failure, a failed launch: nobody asked for this.
+    return InstanceInfo(instance_id, base.GONE, base.LOST)
+
+
+class AwsProvider:
+    name = "aws"
+
+    def __init__(self, config: AwsConfig | None = None, regions: Iterable[str] = (),
+                 session: Any = None) -> None:
+        self.config = config or AwsConfig.from_env()
+        self._session = session or aioboto3.Session()
+        self._stack = AsyncExitStack()
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._client_lock = asyncio.Lock()
+        self._regions = {*self.config.regions, *regions}
+        self._where: dict[str, str] = {}  # our instance id -> region, learnt on the way
+        self.calls: Counter[str] = Counter()  # API calls by operation, for metrics and bench
+        self.call_hooks: list[Callable[[str, str], None]] = []  # (region, operation)
+        self._boto_config = BotoConfig(retries={"mode": "standard", "max_attempts": 3},
+                                       connect_timeout=5, read_timeout=30)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        if key not in self._clients:
+            async with self._client_lock:
+                if key not in self._clients:
+                    self._clients[key] = await self._stack.enter_async_context(
+                        self._session.client(service, region_name=region,
+                                             endpoint_url=self.config.endpoint_url,
+                                             config=self._boto_config))
+        return self._clients[key]
+
+    async def _call(self, service: str, region: str, op: str, **kwargs: Any) -> Any:
+        """One API call; every failure leaves as a ProviderError subclass."""
+        client = await self._client(service, region)
+        self.calls[op] += 1
+        for hook in self.call_hooks:
+            hook(region, op)
+        try:
+            return await getattr(client, op)(**kwargs)
+        except ClientError as err:
+            raise from_client_error(err, f"{op} in {region}") from None
+        except NoCredentialsError:
+            raise FatalProviderError("no AWS credentials found (environment, profile or "
+                                     "instance role)") from None
+        except BotoCoreError as err:
+            raise ProviderError(f"{op} in {region}: {type(err).__name__}: {err}") from None
+
+    async def _describe(self, region: str, filters: list[dict[str, Any]]) -> list[Any]:
+        out: list[Any] = []
+        token: str | None = None
+        while True:
+            extra = {"NextToken": token} if token else {}
+            page = await self._call("ec2", region, "describe_instances", Filters=filters,
+                                    MaxResults=1000, **extra)
+            for reservation in page.get("Reservations", []):
+                out.extend(reservation.get("Instances", []))
+            token = page.get("NextToken")
+            if not token:
+                return out
+
+    async def _find(self, region: str, ids: list[str]) -> dict[str, Any]:
+        """Our id -> the EC2 instance carrying it in ``region`` (chunked tag filters)."""
+        found: dict[str, Any] = {}
+        for i in range(0, len(ids), FILTER_CHUNK):
+            chunk = ids[i:i + FILTER_CHUNK]
+            for inst in await self._describe(region, [{"Name": f"tag:{TAG_INSTANCE}",
+                                                       "Values": chunk}]):
+                ours = tag_value(inst, TAG_INSTANCE)
+                if ours is None:
+                    continue
+                best = found.get(ours)
+                if best is None or _rank(inst) < _rank(best):
+                    found[ours] = inst
+                self._where[ours] = region
+        return found
+
+    async def _locate(self, ids: list[str]) -> dict[str, tuple[str, Any]]:
+        """Our id -> (region, instance), asking each region that may hold any of them."""
+        unknown = [i for i in ids if i not in self._where]
+        asks: dict[str, list[str]] = {}
+        for i in ids:
+            if i in self._where:
+                asks.setdefault(self._where[i], []).append(i)
+        if unknown:
+            if not self._regions:
+                raise ProviderError("AWS: no region to look in; set SKYJOBS_AWS_REGIONS")
+            for region in self._regions:
+                asks.setdefault(region, []).extend(unknown)
+        regions = sorted(asks)
+        # All or nothing: an id missing because one region's call failed is not NOT_FOUND.
+        results = await asyncio.gather(*(self._find(r, sorted(set(asks[r]))) for r in regions))
+        located: dict[str, tuple[str, Any]] = {}
+        for region, found in zip(regions, results, strict=True):
+            for ours, inst in found.items():
+                if ours not in located or _rank(inst) < _rank(located[ours][1]):
+                    located[ours] = (region, inst)
+        return located
+
+    # --- Provider interface ----------------------------------------------------------------
+
+    async def launch(self, req: LaunchRequest) -> list[InstanceInfo]:
+        region = req.placement.region
+        self._regions.add(region)
+        # A replay finds the first try's instances; ClientToken covers what describe's
+        # eventual consistency may still hide.
+        existing = await self._find(region, list(req.instance_ids))
+        jobs = [self._launch_one(req, rank, iid, env, existing.get(iid))
+                for rank, (iid, env) in enumerate(zip(req.instance_ids, req.agent_env,
+                                                      strict=True))]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [r for r in results if isinstance(r, InstanceInfo)]
+
+    async def _launch_one(self, req: LaunchRequest, rank: int, iid: str, env: dict[str, str],
+                          existing: Any) -> InstanceInfo:
+        if existing is not None:
+            return instance_info(iid, existing)
+        region = req.placement.region
+        try:
+            reply = await self._call("ec2", region, "run_instances",
+                                     **self.run_params(req, rank, iid, env))
+        except ProviderError as err:
+            if not _is_code(err, "IdempotentParameterMismatch"):
+                raise
+            # Same token, other parameters (a restarted controller's new URL): launched.
+            found = await self._find(region, [iid])
+            if iid not in found:
+                raise
+            return instance_info(iid, found[iid])
+        self._where[iid] = region
+        return instance_info(iid, reply["Instances"][0])
+
+    def run_params(self, req: LaunchRequest, rank: int, iid: str,
+                   env: dict[str, str]) -> dict[str, Any]:
+        p, cfg = req.placement, self.config
+        tags = {**req.tags, TAG_INSTANCE: iid, TAG_RANK: str(rank), "Name": iid,
+                "skyjobs-job": str(req.job_id), "skyjobs-attempt-id": str(req.attempt_id)}
+        tag_list = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+        params: dict[str, Any] = {
+            "ImageId": cfg.image_for(p.region), "InstanceType": p.instance_type,
+            "MinCount": 1, "MaxCount": 1, "ClientToken": client_token(iid),
+            "UserData": aws_userdata.render(env, cfg.package_spec, cfg.agent_user),
+            "Placement": {"AvailabilityZone": p.zone},
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            # IMDSv2 only; hop limit 2 so a container on the node still reaches it.
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                                "HttpPutResponseHopLimit": 2},
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list},
+                                  {"ResourceType": "volume", "Tags": tag_list}],
+        }
+        if p.use_spot:
+            params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+                "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        subnet = cfg.subnet_for(p.zone)
+        if subnet:
+            params["SubnetId"] = subnet
+        groups = cfg.groups_for(p.region)
+        if groups:
+            params["SecurityGroupIds"] = groups
+        if cfg.key_name:
+            params["KeyName"] = cfg.key_name
+        if cfg.instance_profile:
+            key = "Arn" if cfg.instance_profile.startswith("arn:") else "Name"
+            params["IamInstanceProfile"] = {key: cfg.instance_profile}
+        return params
+
+    async def status(self, instance_ids: list[str]) -> dict[str, InstanceInfo]:
+        if not instance_ids:
+            return {}
+        located = await self._locate(list(instance_ids))
+        return {i: instance_info(i, located.get(i, (None, None))[1]) for i in instance_ids}
+
+    async def terminate(self, instance_ids: list[str]) -> None:
+        if not instance_ids:
+            return
+        located = await self._locate(list(instance_ids))
+        by_region: dict[str, list[str]] = {}
+        for region, inst in located.values():
+            if inst.get("State", {}).get("Name") != "terminated":
+                by_region.setdefault(region, []).append(inst["InstanceId"])
+        for region, ec2_ids in sorted(by_region.items()):
+            try:
+                await self._call("ec2", region, "terminate_instances", InstanceIds=ec2_ids)
+            except ProviderError as err:
+                if not _is_code(err, "InvalidInstanceID.NotFound"):
+                    raise
+
+    async def preempt(self, instance_ids: list[str], notice_s: float) -> None:
+        raise ProviderError("AWS cannot preempt on request: spot interruptions come from "
+                            "AWS (the moto test harness in tests/aws simulates them)")
+
+    async def list_owned(self, controller_tag: str) -> list[str]:
+        """Our ids of every non-terminated instance tagged with this controller."""
+        filters = [{"Name": f"tag:{TAG_CONTROLLER}", "Values": [controller_tag]},
+                   {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]
+        regions = sorted(self._regions)
+        results = await asyncio.gather(*(self._describe(r, filters) for r in regions))
+        owned = set()
+        for region, instances in zip(regions, results, strict=True):
+            for inst in instances:
+                ours = tag_value(inst, TAG_INSTANCE)
+                if ours:
+                    owned.add(ours)
+                    self._where[ours] = region
+        return sorted(owned)
+
+    async def spot_prices(self, keys: list[PriceKey]) -> list[PriceRow]:
+        """The latest spot price of each (region, zone, type) that AWS reports."""
+        by_region: dict[str, list[PriceKey]] = {}
+        for key in keys:
+            by_region.setdefault(key[0], []).append(key)
+        regions = sorted(by_region)
+        found = await asyncio.gather(*(self._prices_in(r, by_region[r]) for r in regions))
+        latest: dict[PriceKey, PriceRow] = {}
+        for rows in found:
+            for row in rows:
+                key = row[:3]
+                if key not in latest or row[4] > latest[key][4]:
+                    latest[key] = row
+        return [latest[k] for k in keys if k in latest]
+
+    async def _prices_in(self, region: str, keys: list[PriceKey]) -> list[PriceRow]:
+        wanted = set(keys)
+        types = sorted({k[2] for k in keys})
+        zones = sorted({k[1] for k in keys})
+        rows: list[PriceRow] = []
+        token: str | None = None
+        while True:
+            extra = {"NextToken": token} if token else {}
+            # StartTime=now asks for the price in force now, one row per zone and type.
+            page = await self._call(
+                "ec2", region, "describe_spot_price_history", InstanceTypes=types,
+                ProductDescriptions=["Linux/UNIX"], StartTime=datetime.now(UTC),
+                Filters=[{"Name": "availability-zone", "Values": zones}], **extra)
+            for h in page.get("SpotPriceHistory", []):
+                key = (region, h.get("AvailabilityZone", ""), h.get("InstanceType", ""))
+                if key in wanted:
+                    stamp = h.get("Timestamp")
+                    seen = stamp.timestamp() if isinstance(stamp, datetime) else time.time()
+                    rows.append((*key, float(h["SpotPrice"]), seen))
+            token = page.get("NextToken")
+            if not token:
+                return rows
+
+    async def check_bucket(self, source: str) -> None:
+        """Fail a submit early unless the bucket exists and these credentials can list,
+        write and delete in it (a probe object under the task's prefix)."""
+        scheme, name, prefix = parse_bucket(source)
+        if scheme != "s3" or not name:
+            raise SpecError(f"{source}: not an s3://BUCKET[/PATH] source")
+        region = self.config.s3_region
+        try:
+            await self._call("s3", region, "head_bucket", Bucket=name)
+            await self._call("s3", region, "list_objects_v2", Bucket=name,
+                             Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+            key = f"{prefix}/" if prefix else ""
+            key += f".skyjobs-probe-{secrets.token_hex(6)}"
+            await self._call("s3", region, "put_object", Bucket=name, Key=key, Body=b"probe")
+            await self._call("s3", region, "delete_object", Bucket=name, Key=key)
+        except ProviderError as err:
+            if _is_code(err, "404", "NoSuchBucket"):
+                raise SpecError(f"{source}: bucket {name} does not exist") from None
+            if _is_code(err, "403", "AccessDenied", "AllAccessDisabled"):
+                raise SpecError(f"{source}: the controller's AWS credentials cannot read and "
+                                f"write bucket {name} ({err})") from None
+            raise
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._clients.clear()
+
+
+def _rank(inst: Mapping[str, Any]) -> int:
+    return STATE_RANK.get(inst.get("State", {}).get("Name", ""), 9)
+
+
+def _is_code(err: Exception, *codes: str) -> bool:
+    """Whether a ProviderError came from one of these AWS error codes."""
+    return getattr(err, "aws_code", None) in codes
+
+
+async def check_bucket(source: str, config: AwsConfig | None = None) -> None:
+    """Submit-time bucket check for callers without a provider at hand."""
+    provider = AwsProvider(config)
+    try:
+        await provider.check_bucket(source)
+    finally:
+        await provider.close()
