@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from skyjobs.exceptions import ConfigError
 
@@ -32,7 +33,7 @@ class ControllerConfig(BaseSettings):
     state_dir: Path = Field(default_factory=default_state_dir)
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
-    clouds: list[str] = ["local"]
+    clouds: Annotated[list[str], NoDecode] = ["local"]
     # Agents heartbeat this often; a silent agent is suspect after heartbeat_timeout and is
     # recovered only when the provider says its instance is gone or silent_window passes.
     heartbeat_interval: float = Field(default=5.0, gt=0)
@@ -55,7 +56,7 @@ class ControllerConfig(BaseSettings):
     # Seconds between COPY-mode checkpoint uploads.
     copy_sync_interval: float = Field(default=60.0, gt=0)
     # Local provider: zones currently without spot capacity.
-    local_no_spot_zones: list[str] = []
+    local_no_spot_zones: Annotated[list[str], NoDecode] = []
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 
     @field_validator("state_dir", mode="after")
@@ -90,6 +91,8 @@ def load_config(**overrides: Any) -> ControllerConfig:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"]) or "config"
         raise ConfigError(f"config: {key}: {e['msg']}") from None
+    except SettingsError as err:
+        raise ConfigError(f"config: {err}") from None
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

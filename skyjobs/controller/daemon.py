@@ -93,10 +93,11 @@ class Controller:
 
         self._http = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
         await self._http.setup()
-        site = web.TCPSite(self._http, self.config.host, self.config.port,
+        site = web.TCPSite(self._http, self.config.host, self._port(),
                            ssl_context=None, reuse_address=True)
         await site.start()
         port = self._http.addresses[0][1]
+        (self.state_dir / "port").write_text(str(port))
         self.url = f"http://{self._url_host()}:{port}"
         await self._resume()
         self._start_scheduler()
@@ -104,6 +105,16 @@ class Controller:
                           json.dumps({"url": self.url, "pid": os.getpid()}))
         log.info("controller started", url=self.url, state_dir=str(self.state_dir),
                  live_jobs=len(self.runners))
+
+    def _port(self) -> int:
+        """Port 0 picks a free port once and keeps it: agents of running jobs carry the
+        controller URL, and must find the controller again after a restart."""
+        if self.config.port:
+            return self.config.port
+        try:
+            return int((self.state_dir / "port").read_text())
+        except (OSError, ValueError):
+            return 0
 
     def _url_host(self) -> str:
         return "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host

@@ -332,7 +332,7 @@ class SyncStore:
         """
         now = time.time()
         with self._tx() as c:
-            updates = dict(job_updates or {})
+            updates = {"reason": reason, **(job_updates or {})}
             if exit_code is not None:
                 updates.setdefault("exit_code", exit_code)
             previous = self._cas(c, job_id, target, expect, updates, now)

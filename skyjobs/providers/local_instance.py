@@ -77,7 +77,10 @@ def session_members(sid: int) -> list[int]:
 
 def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
     """Signal every process of an instance, including job process groups it created."""
-    for pid in session_members(sid):
+    me = os.getpid()
+    members = session_members(sid)
+    # Signal ourselves last, or the hypervisor would die before the rest of its VM.
+    for pid in sorted(members, key=lambda p: p == me):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
