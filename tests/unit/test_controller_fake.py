@@ -1,0 +1,211 @@
+"""The controller in-process against the in-memory provider; tests play the agents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from skyjobs.config import load_config
+from skyjobs.controller.daemon import Controller
+from skyjobs.providers.fake import FakeProvider
+
+
+async def until(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        value = await check() if asyncio.iscoroutinefunction(check) else check()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+class Harness:
+    def __init__(self, ctl: Controller, fake: FakeProvider, http: aiohttp.ClientSession):
+        self.ctl, self.fake, self.http = ctl, fake, http
+
+    async def api(self, method: str, path: str, body: Any = None,
+                  token: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token if token is not None else self.ctl.token}"}
+        async with self.http.request(method, f"{self.ctl.url}{path}", json=body,
+                                     headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def agent(self, attempt_id: int, event: dict[str, Any],
+                    token: str | None = None) -> tuple[int, Any]:
+        tok = token if token is not None else self.ctl.agent_token(attempt_id)
+        return await self.api("POST", f"/agent/v1/attempts/{attempt_id}/events", event, tok)
+
+    async def job(self, job_id: int) -> dict[str, Any]:
+        status, body = await self.api("GET", f"/api/v1/jobs/{job_id}")
+        assert status == 200, body
+        return dict(body)
+
+    async def wait_status(self, job_id: int, *statuses: str) -> dict[str, Any]:
+        async def check() -> Any:
+            j = await self.job(job_id)
+            return j if j["status"] in statuses else None
+        return dict(await until(f"{statuses}", check))
+
+    async def current_attempt(self, job_id: int) -> int:
+        j = await self.ctl.store.call(self.ctl.store.sync.get_job, job_id)
+        assert j.current_attempt is not None
+        return j.current_attempt
+
+    async def run_to_running(self, job_id: int) -> int:
+        await self.wait_status(job_id, "PROVISIONING")
+        await until("a launched attempt", lambda: self.fake.alive())
+        aid = await self.current_attempt(job_id)
+        assert (await self.agent(aid, {"kind": "phase", "phase": "ready", "rank": 0}))[0] == 200
+        await until("go", lambda: aid in self.ctl.go)
+        await self.agent(aid, {"kind": "phase", "phase": "running", "rank": 0})
+        await self.wait_status(job_id, "RUNNING")
+        return aid
+
+
+@pytest.fixture
+async def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    monkeypatch.setenv("SKYJOBS_LAUNCH_BACKOFF_INITIAL", "0.05")
+    monkeypatch.setenv("SKYJOBS_LAUNCH_BACKOFF_MAX", "0.1")
+    monkeypatch.setenv("SKYJOBS_MAX_LAUNCH_ROUNDS", "2")
+    fake = FakeProvider()
+    ctl = Controller(load_config(state_dir=tmp_path / "state", port=0), providers={"local": fake})
+    await ctl.start()
+    async with aiohttp.ClientSession() as http:
+        yield Harness(ctl, fake, http)
+    await ctl.shutdown()
+
+
+TASK = {"resources": {"cloud": "local", "cpus": 2, "use_spot": True}, "run": "x"}
+
+
+async def submit(h: Harness, task: dict[str, Any] | None = None) -> int:
+    status, body = await h.api("POST", "/api/v1/jobs", {"task": task or TASK})
+    assert status == 201, body
+    return int(body["id"])
+
+
+async def test_capacity_error_moves_to_the_next_cheapest_zone(h: Harness) -> None:
+    h.fake.no_capacity = {"local-a"}
+    job_id = await submit(h)
+    await h.run_to_running(job_id)
+    j = await h.job(job_id)
+    assert j["placement"] == "local/local-b/local.cpu2/spot"
+    assert [a["end_reason"] for a in j["attempt_list"]] == ["no_capacity", None]
+    launched = [c for c in h.fake.calls if c[0] == "launch"]
+    assert len(launched) == 2
+
+
+async def test_fatal_provider_error_fails_the_job_fast(h: Harness) -> None:
+    h.fake.fatal = "UnauthorizedOperation: no permission to run instances"
+    job_id = await submit(h)
+    j = await h.wait_status(job_id, "FAILED")
+    assert "UnauthorizedOperation" in j["reason"]
+    assert len([c for c in h.fake.calls if c[0] == "launch"]) == 1
+
+
+async def test_no_capacity_anywhere_backs_off_then_fails_no_resource(h: Harness) -> None:
+    h.fake.no_capacity = {"local-a", "local-b", "local-c"}
+    job_id = await submit(h)
+    j = await h.wait_status(job_id, "FAILED_NO_RESOURCE")
+    launches = [c for c in h.fake.calls if c[0] == "launch"]
+    assert len(launches) == 6  # 3 zones x 2 rounds, then give up
+    assert "after 2 rounds" in j["reason"]
+
+
+async def test_notice_moves_to_recovering_then_old_attempt_drains(h: Harness) -> None:
+    job_id = await submit(h)
+    aid = await h.run_to_running(job_id)
+    notice = {"action": "terminate", "time": "2099-01-01T00:00:00Z"}
+    await h.agent(aid, {"kind": "notice", "notice": notice, "rank": 0})
+    await until("recovery", lambda: h.ctl.store.sync.get_job(job_id).recovery_count == 1)
+    # The replacement is launched during the notice, but may not start run until the old
+    # attempt is over (it is still writing its last checkpoint).
+    await until("second attempt", lambda: h.ctl.store.sync.get_job(job_id).attempt_count == 2)
+    new = await h.current_attempt(job_id)
+    await h.agent(new, {"kind": "phase", "phase": "ready", "rank": 0})
+    await asyncio.sleep(0.3)
+    assert new not in h.ctl.go
+    await h.agent(aid, {"kind": "exit", "exit_code": 143, "noticed": True, "rank": 0})
+    await until("go for the new attempt", lambda: new in h.ctl.go)
+    old = h.ctl.store.sync.get_attempt(aid)
+    assert (old.end_reason, old.released) == ("preempted", True)
+    assert old.instance_ids[0] not in h.fake.alive()
+
+
+async def test_agent_credentials_are_per_attempt(h: Harness) -> None:
+    job_id = await submit(h)
+    await h.wait_status(job_id, "PROVISIONING")
+    aid = await h.current_attempt(job_id)
+    wrong = h.ctl.agent_token(aid + 1)
+    status, _ = await h.agent(aid, {"kind": "phase", "phase": "ready", "rank": 0}, token=wrong)
+    assert status == 401
+    status, body = await h.agent(aid, {"kind": "phase", "phase": "ready", "rank": 5})
+    assert status == 400 and "rank 5" in body["error"]
+    status, _ = await h.api("GET", "/api/v1/jobs", token=h.ctl.agent_token(aid))
+    assert status == 401
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"task": {"run": 1}}, "run: must be a shell script"),
+    ({"task": {"resources": {"accelerators": "B200:8"}}}, "resources.accelerators"),
+    ({"task": {"resources": {"cloud": "azure"}}}, "resources.cloud: 'azure' is not offered"),
+    ({"task": {"envs": {"K": None}, "run": "x"}}, "envs.K: needs a value"),
+    ({"task": TASK, "archive": "***"}, "archive is not valid base64"),
+    ({"task": {"run": "x", "resources": {"cloud": "local", "cpus": 2},
+               "file_mounts": {"/c": {"source": "s3://b"}}}}, "s3:// buckets need the aws"),
+])
+async def test_bad_submit_is_a_400_and_stores_nothing(h: Harness, body: dict[str, Any],
+                                                      fragment: str) -> None:
+    status, reply = await h.api("POST", "/api/v1/jobs", body)
+    assert status == 400
+    assert fragment in reply["error"]
+    assert h.ctl.store.sync.list_jobs() == []
+
+
+async def test_unauthenticated_and_malformed_requests(h: Harness) -> None:
+    status, body = await h.api("GET", "/api/v1/jobs", token="wrong")
+    assert (status, body) == (401, {"error": "unauthorized"})
+    async with h.http.post(f"{h.ctl.url}/api/v1/jobs", data=b"{not json",
+                           headers={"Authorization": f"Bearer {h.ctl.token}"}) as resp:
+        assert resp.status == 400
+        assert "not valid JSON" in (await resp.json())["error"]
+    status, body = await h.api("GET", "/api/v1/jobs/999")
+    assert status == 404
+    status, body = await h.api("GET", "/api/v1/jobs?status=BOGUS")
+    assert status == 400
+    status, body = await h.api("POST", "/api/v1/cancel", {"ids": "all"})
+    assert status == 400
+
+
+async def test_secrets_never_appear_in_job_views(h: Harness) -> None:
+    task = {**TASK, "secrets": {"API_KEY": "hunter2"}, "envs": {"PLAIN": "visible"}}
+    job_id = await submit(h, task)
+    await h.wait_status(job_id, "PROVISIONING")
+    for path in (f"/api/v1/jobs/{job_id}", "/api/v1/jobs", f"/api/v1/jobs/{job_id}/events"):
+        status, body = await h.api("GET", path)
+        assert status == 200 and "hunter2" not in str(body)
+    aid = await h.current_attempt(job_id)
+    headers = {"Authorization": f"Bearer {h.ctl.agent_token(aid)}"}
+    async with h.http.get(f"{h.ctl.url}/agent/v1/attempts/{aid}/task?rank=0",
+                          headers=headers) as resp:
+        assert (await resp.json())["envs"]["API_KEY"] == "hunter2"  # only the agent gets it
+
+
+async def test_log_shipping_is_idempotent(h: Harness) -> None:
+    job_id = await submit(h)
+    await h.wait_status(job_id, "PROVISIONING")
+    aid = await h.current_attempt(job_id)
+    headers = {"Authorization": f"Bearer {h.ctl.agent_token(aid)}"}
+    url = f"{h.ctl.url}/agent/v1/attempts/{aid}/logs?rank=0"
+    for offset, chunk in ((0, b"hello "), (0, b"hello "), (6, b"world\n"), (3, b"lo world\n")):
+        async with h.http.post(f"{url}&offset={offset}", data=chunk, headers=headers) as resp:
+            size = (await resp.json())["size"]
+    assert size == 12
+    _, body = await h.api("GET", f"/api/v1/jobs/{job_id}/logs?attempt=1")
+    assert body["data"] == "hello world\n"

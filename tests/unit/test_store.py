@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from skyjobs.controller import store as st
+from skyjobs.exceptions import IllegalTransitionError, NotFoundError
+from skyjobs.pricing.catalog import Placement, load_cloud
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> st.SyncStore:
+    return st.SyncStore(tmp_path / "s.db")
+
+
+def placement() -> Placement:
+    o = load_cloud("local")[0]
+    return Placement(o, True, o.spot_price or 0.0)
+
+
+def transitions(db: st.SyncStore, job_id: int) -> list[tuple[str | None, str | None]]:
+    return [(e["from_status"], e["to_status"]) for e in db.events(job_id)
+            if e["kind"] == "transition"]
+
+
+def test_happy_path_with_a_recovery_writes_one_event_per_transition(db: st.SyncStore) -> None:
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    a1 = db.begin_attempt(job, placement(), 2, "sjx", "first")
+    assert a1.instance_ids == [f"sjx-{job}-1-0", f"sjx-{job}-1-1"]
+    db.transition(job, st.RUNNING, "running")
+    db.transition(job, st.RECOVERING, "notice", end_attempt=(a1.id, "preempted"),
+                  job_updates={"recovery_count": 1})
+    a2 = db.begin_attempt(job, placement(), 2, "sjx", "recovery")
+    db.transition(job, st.RUNNING, "running")
+    db.transition(job, st.SUCCEEDED, "done", exit_code=0, end_attempt=(a2.id, "succeeded"))
+    assert transitions(db, job) == [
+        (None, "PENDING"), ("PENDING", "PROVISIONING"), ("PROVISIONING", "RUNNING"),
+        ("RUNNING", "RECOVERING"), ("RECOVERING", "PROVISIONING"),
+        ("PROVISIONING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
+    j = db.get_job(job)
+    assert (j.status, j.recovery_count, j.exit_code, j.reason) == ("SUCCEEDED", 1, 0, "done")
+    assert j.ended_at is not None
+    assert [a.end_reason for a in db.attempts_of(job)] == ["preempted", "succeeded"]
+
+
+@pytest.mark.parametrize(("path", "illegal"), [
+    ([], st.RUNNING),
+    ([], st.SUCCEEDED),
+    ([st.CANCELLING], st.RUNNING),
+    ([st.CANCELLING, st.CANCELLED], st.PENDING),
+    ([st.FAILED], st.RECOVERING),
+])
+def test_illegal_transitions_raise_and_change_nothing(db: st.SyncStore, path: list[str],
+                                                      illegal: str) -> None:
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    for state in path:
+        db.transition(job, state, "step")
+    before = (db.get_job(job).status, len(db.events(job)))
+    with pytest.raises(IllegalTransitionError):
+        db.transition(job, illegal, "nope")
+    assert (db.get_job(job).status, len(db.events(job))) == before
+
+
+def test_compare_and_set_loses_to_a_concurrent_cancel(db: st.SyncStore) -> None:
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    db.begin_attempt(job, placement(), 1, "sjx", "first")
+    db.transition(job, st.CANCELLING, "cancel")  # the API got there first
+    with pytest.raises(IllegalTransitionError):
+        db.transition(job, st.RUNNING, "running", expect=frozenset({st.PROVISIONING}))
+    assert db.get_job(job).status == st.CANCELLING
+
+
+def test_a_failing_transaction_leaves_no_half_write(db: st.SyncStore) -> None:
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    a = db.begin_attempt(job, placement(), 1, "sjx", "first")
+    db.transition(job, st.RUNNING, "running")
+    events = len(db.events(job))
+    with pytest.raises(NotFoundError):
+        # The attempt id is wrong: the job update and event must roll back with it.
+        db.transition(job, st.RECOVERING, "x", end_attempt=(a.id + 99, "preempted"))
+    assert db.get_job(job).status == st.RUNNING
+    assert len(db.events(job)) == events
+
+
+def test_node_phase_reports_are_idempotent_and_exit_is_final(db: st.SyncStore) -> None:
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    a = db.begin_attempt(job, placement(), 1, "sjx", "first")
+    assert db.set_node_phase(a.id, 0, "running")
+    assert not db.set_node_phase(a.id, 0, "running")
+    assert db.set_node_phase(a.id, 0, "exited", 3)
+    assert not db.set_node_phase(a.id, 0, "running")
+    assert db.nodes_of(a.id) == {0: ("exited", 3)}
+
+
+def test_notice_is_recorded_once(db: st.SyncStore) -> None:
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    a = db.begin_attempt(job, placement(), 1, "sjx", "first")
+    assert db.set_notice(job, a.id, 10.0, 130.0, "notice")
+    assert not db.set_notice(job, a.id, 11.0, 131.0, "notice again")
+    got = db.get_attempt(a.id)
+    assert (got.notice_at, got.notice_deadline) == (10.0, 130.0)
+
+
+def test_migrations_build_the_schema_from_scratch_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    first = st.SyncStore(path)
+    assert first.schema_version() == len(st.MIGRATIONS)
+    job = first.create_job("j", {"spec": {"a": 1}}, False, "sky")
+    first.close()
+    again = st.SyncStore(path)  # reopening runs no migration twice and keeps the data
+    assert again.get_job(job).task == {"spec": {"a": 1}}
+    tables = {r[0] for r in sqlite3.connect(path).execute(
+        "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"jobs", "events", "attempts", "nodes", "zone_events", "meta"} <= tables
+
+
+def test_every_live_state_can_reach_cancelled() -> None:
+    for state in st.LIVE - {st.CANCELLING}:
+        assert st.CANCELLING in st.TRANSITIONS[state]
+    assert st.TRANSITIONS[st.CANCELLING] == {st.CANCELLED}
+    for state in st.TERMINAL:
+        assert st.TRANSITIONS[state] == frozenset()
