@@ -127,8 +127,8 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow
 
     With no controller configured or reachable, starts a local one in the background.
     """
-    spec = load_task(file)
     overrides = _parse_envs(envs)
+    spec = load_task(file)
     client = obj.client(autostart=True)
     reply = client.post("/api/v1/jobs", {
         "task": _raw_task(file), "source": str(file), "name": name, "envs": overrides,
