@@ -102,7 +102,8 @@ class Moto:
             code = moto_self.failing.get(zone or "")
             if code:
                 raise EC2ClientError(code, f"injected by the test harness for {zone}")
-            return orig_run(backend, *args, **kwargs)
+            replay = _same_token(backend, kwargs.get("client_token"), args[2], zone)
+            return replay if replay is not None else orig_run(backend, *args, **kwargs)
 
         def describe_spot_price_history(response: Any) -> Any:
             if not moto_self.prices:
@@ -119,6 +120,25 @@ class Moto:
 
         InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
         SpotInstances.describe_spot_price_history = describe_spot_price_history  # type: ignore[method-assign]
+
+
+def _same_token(backend: Any, token: str | None, user_data: Any, zone: str | None) -> Any:
+    """EC2's ClientToken contract, which moto lacks: the same token returns the first
+    reservation, or IdempotentParameterMismatch when the parameters differ."""
+    if not token:
+        return None
+    for reservation in list(backend.reservations.values()):
+        for inst in reservation.instances:
+            if inst.client_token != token:
+                continue
+            same_data = (getattr(inst.user_data, "_encoded_string", None)
+                         == getattr(user_data, "_encoded_string", None))
+            same = same_data and inst.availability_zone == zone
+            if not same:
+                raise EC2ClientError("IdempotentParameterMismatch",
+                                     f"client token {token} was used with other parameters")
+            return reservation
+    return None
 
 
 def _tag(instance: Any, key: str) -> str | None:
