@@ -1,3 +1,5 @@
+from typing import Any
+
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
 from skyjobs.pricing.prices import PriceBook, price_key
 from skyjobs.recovery.memory import PreemptionMemory
@@ -37,7 +39,7 @@ def zones(ranked: list) -> list[str]:
     return [r.candidate.placement.zone for r in ranked]
 
 
-def ctx(strategy: str = "COST_AWARE", **kw: object) -> RankingContext:
+def ctx(strategy: str = "COST_AWARE", **kw: Any) -> RankingContext:
     return RankingContext(strategy=strategy, ordered=False, now=kw.pop("now", 10 * H), **kw)
 
 
@@ -112,7 +114,7 @@ def test_on_demand_twins_hidden_without_deadline():
     assert all(r.candidate.requested for r in ranked)
 
 
-def deadline_ctx(strategy: str, slack_h: float, **kw: object) -> RankingContext:
+def deadline_ctx(strategy: str, slack_h: float, **kw: Any) -> RankingContext:
     return ctx(strategy, deadline_at=10 * H + (10 + slack_h) * H, expected_runtime_s=20 * H,
                progress_s=10 * H, submitted_at=0.0, notice_s=120.0, **kw)
 
