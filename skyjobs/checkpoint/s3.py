@@ -71,6 +71,7 @@ class S3Bucket:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -78,7 +79,7 @@ class S3Bucket:
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code", "?")
             raise S3BucketError(f"{self.source}: {what}: {code}") from None
-        except BotoCoreError as err:
+        except (BotoCoreError, Boto3Error) as err:  # Boto3Error: the transfer manager's
             raise S3BucketError(f"{self.source}: {what}: {err}") from None
 
     # --- COPY ------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Pure pieces of the AWS provider: error classes by code, user-data, settings, states."""
+
+from __future__ import annotations
+
+import pytest
+
+from skyjobs.exceptions import CapacityError, FatalProviderError, ProviderError
+from skyjobs.providers import aws_errors, aws_userdata, base
+
+
+@pytest.mark.parametrize(("code", "cls"), [
+    ("InsufficientInstanceCapacity", CapacityError),
+    ("Unsupported", CapacityError),
+    ("AuthFailure", FatalProviderError),
+    ("InvalidAMIID.Malformed", FatalProviderError),
+    ("InvalidSubnetID.NotFound", FatalProviderError),
+    ("InstanceLimitExceeded", FatalProviderError),
+    ("RequestLimitExceeded", ProviderError),
+    ("ServiceUnavailable", ProviderError),
+    ("SomethingNewTomorrow", ProviderError),
+])
+def test_errors_are_classified_by_code_alone(code: str, cls: type[Exception]) -> None:
+    # The message says "capacity" for a fatal code: only the code may decide.
+    err = aws_errors.classify(code, "insufficient capacity, try later", "run_instances")
+    assert type(err) is cls
+    assert err.aws_code == code  # type: ignore[attr-defined]
+
+
+def test_fatal_errors_name_the_setting_to_fix() -> None:
+    err = aws_errors.classify("InvalidAMIID.NotFound", "not found", "run_instances in x")
+    assert "SKYJOBS_AWS_IMAGE_ID" in str(err)
+
+
+def test_user_data_round_trips_the_agent_env() -> None:
+    env = {"SKYJOBS_CONTROLLER_URL": "http://10.0.0.5:8765", "SKYJOBS_ATTEMPT_ID": "3",
+           "SKYJOBS_AGENT_TOKEN": "a'b\"c $HOME", "SKYJOBS_NODE_RANK": "1"}
+    script = aws_userdata.render(env, "skyjobs[aws]==0.1.0", agent_user="ubuntu")
+    assert script.startswith("#!/bin/bash\n")
+    assert "pip install --quiet 'skyjobs[aws]==0.1.0'" in script
+    assert "--uid=ubuntu" in script
+    assert aws_userdata.parse_agent_env(script) == {
+        **env, "SKYJOBS_METADATA_URL": "http://169.254.169.254"}
+
+
+def test_user_data_refuses_what_it_cannot_carry() -> None:
+    with pytest.raises(ValueError, match="plain NAME=value"):
+        aws_userdata.render({"BAD KEY": "x"}, "skyjobs")
+    with pytest.raises(ValueError, match="plain NAME=value"):
+        aws_userdata.render({"K": "two\nlines"}, "skyjobs")
+    with pytest.raises(ValueError, match="16 KiB"):
+        aws_userdata.render({"K": "x" * 17000}, "skyjobs")
+    with pytest.raises(ValueError, match="no skyjobs agent environment"):
+        aws_userdata.parse_agent_env("#!/bin/bash\necho hi\n")
+
+
+aws = pytest.importorskip("skyjobs.providers.aws",
+                          reason="the AWS provider needs aioboto3 (extra: aws)")
+
+
+def test_config_from_env_per_region_and_zone() -> None:
+    cfg = aws.AwsConfig.from_env({
+        "SKYJOBS_AWS_IMAGE_ID": "us-east-1=ami-east,us-west-2=ami-west",
+        "SKYJOBS_AWS_SECURITY_GROUP_IDS": "sg-all,us-east-1=sg-east",
+        "SKYJOBS_AWS_SUBNETS": "us-east-1a=subnet-a, us-east-1b=subnet-b",
+        "SKYJOBS_AWS_INSTANCE_PROFILE": "skyjobs-node",
+        "SKYJOBS_AWS_REGIONS": "us-east-1,us-west-2",
+        "SKYJOBS_AWS_PACKAGE_SPEC": "skyjobs[aws]==0.1.0",
+    })
+    assert cfg.image_for("us-west-2") == "ami-west"
+    with pytest.raises(FatalProviderError, match="no AMI for eu-west-1"):
+        cfg.image_for("eu-west-1")
+    assert cfg.groups_for("us-east-1") == ["sg-east", "sg-all"]
+    assert cfg.groups_for("us-west-2") == ["sg-all"]
+    assert cfg.subnet_for("us-east-1b") == "subnet-b"
+    assert cfg.subnet_for("us-east-1c") is None
+    assert cfg.regions == ("us-east-1", "us-west-2")
+    assert cfg.package_spec == "skyjobs[aws]==0.1.0"
+    assert aws.AwsConfig.from_env({}).endpoint_url is None
+
+
+def test_client_token_is_stable_and_short() -> None:
+    assert aws.client_token("sjab12cd-7-2-0") == aws.client_token("sjab12cd-7-2-0")
+    assert aws.client_token("sjab12cd-7-2-0") != aws.client_token("sjab12cd-7-2-1")
+    assert len(aws.client_token("x" * 200)) <= 64
+
+
+@pytest.mark.parametrize(("state", "code", "expected"), [
+    ("pending", "", (base.PENDING, None)),
+    ("running", "", (base.RUNNING, None)),
+    ("terminated", "Server.SpotInstanceTermination", (base.GONE, base.PREEMPTED)),
+    ("shutting-down", "Server.SpotInstanceTermination", (base.GONE, base.PREEMPTED)),
+    ("stopped", "Server.SpotInstanceShutdown", (base.GONE, base.PREEMPTED)),
+    ("terminated", "Client.UserInitiatedShutdown", (base.GONE, base.TERMINATED)),
+    ("terminated", "Client.InstanceInitiatedShutdown", (base.GONE, base.LOST)),
+    ("terminated", "Server.InternalError", (base.GONE, base.LOST)),
+])
+def test_instance_states_map_to_controller_states(state: str, code: str,
+                                                  expected: tuple[str, str | None]) -> None:
+    inst = {"State": {"Name": state}, "StateReason": {"Code": code},
+            "PrivateIpAddress": "10.0.0.9"}
+    info = aws.instance_info("sjab12cd-1-1-0", inst)
+    assert (info.state, info.reason) == expected
+    assert info.ip == ("10.0.0.9" if state == "running" else None)
