@@ -31,6 +31,8 @@ from skyjobs.checkpoint.factory import make_bucket
 
 REPORT_RETRY_SECONDS = 3600.0  # how long an exit report is retried while the controller is away
 FETCH_RETRY_SECONDS = 600.0
+GO_WAIT_SECONDS = 20.0
+LONG_POLL_SECONDS = 30
 
 
 def log(msg: str) -> None:
@@ -87,6 +89,7 @@ class NoticeWatcher(threading.Thread):
         self.url = metadata_url.rstrip("/")
         self.interval = interval
         self.on_notice = on_notice
+        self.long_poll = os.environ.get("SKYJOBS_METADATA_LONG_POLL") == "1"
         self._token: str | None = None
 
     def _token_header(self) -> dict[str, str]:
@@ -98,10 +101,15 @@ class NoticeWatcher(threading.Thread):
         return {"X-aws-ec2-metadata-token": self._token}
 
     def poll(self) -> dict[str, Any] | None:
-        req = urllib.request.Request(f"{self.url}/latest/meta-data/spot/instance-action",
-                                     headers=self._token_header())
+        # The local provider's metadata service can hold the request until a notice (like
+        # GCE's wait_for_change); real IMDS is polled.
+        query, timeout = (f"?wait={LONG_POLL_SECONDS}", LONG_POLL_SECONDS + 5) \
+            if self.long_poll else ("", 2)
+        req = urllib.request.Request(
+            f"{self.url}/latest/meta-data/spot/instance-action{query}",
+            headers=self._token_header())
         try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return dict(json.loads(resp.read()))
         except urllib.error.HTTPError as err:
             if err.code == 401:
@@ -117,7 +125,8 @@ class NoticeWatcher(threading.Thread):
             if notice is not None:
                 self.on_notice(notice)
                 return
-            time.sleep(self.interval)
+            if not self.long_poll:
+                time.sleep(self.interval)
 
 
 class Agent:
@@ -249,13 +258,18 @@ class Agent:
     def _on_notice(self, notice: dict[str, Any]) -> None:
         self.noticed.set()
         log(f"preemption notice: {notice}")
+        # The job checkpoints in parallel with the report: every second of notice counts.
+        self._signal_job()
+        threading.Thread(target=self._report_notice, args=(notice,), daemon=True,
+                         name="notice-report").start()
+        if self.buckets.has_copy:
+            self._upload("notice")
+
+    def _report_notice(self, notice: dict[str, Any]) -> None:
         try:
             self.client.report({"kind": "notice", "notice": notice}, budget=30.0)
         except (TimeoutError, OSError, urllib.error.HTTPError) as err:
             log(f"could not report the notice: {err}")
-        self._signal_job()
-        if self.buckets.has_copy:
-            self._upload("notice")
 
     def _signal_job(self) -> None:
         proc = self.proc
@@ -280,14 +294,21 @@ class Agent:
 
     def _heartbeat_loop(self) -> None:
         while not self.done.is_set():
+            waiting = not self.go.is_set()
             try:
-                reply = self.client.call("POST", "/heartbeat", {"rank": self.rank}, timeout=5)
+                # While waiting to start, the controller holds the request until it says go.
+                body = {"rank": self.rank, "wait_go": GO_WAIT_SECONDS if waiting else 0}
+                reply = self.client.call("POST", "/heartbeat", body,
+                                         timeout=GO_WAIT_SECONDS + 10 if waiting else 10)
                 if reply and reply.get("go"):
                     self.go.set()
+                    continue
             except (OSError, ValueError, urllib.error.HTTPError):
-                pass  # the controller may be restarting; the exit report is what must land
-            interval = 0.2 if not self.go.is_set() else float(self.task["heartbeat_interval"])
-            self.done.wait(interval)
+                # The controller may be restarting; the exit report is what must land.
+                self.done.wait(1.0)
+                continue
+            if not waiting:
+                self.done.wait(float(self.task["heartbeat_interval"]))
 
     def _log_loop(self) -> None:
         while not self.done.wait(1.0):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -23,6 +23,29 @@ DEFAULT_STATE_DIR = "~/.skyjobs"
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("SKYJOBS_STATE_DIR", DEFAULT_STATE_DIR)).expanduser()
+
+
+WEBHOOK_EVENTS = ("recovering", "recovered", "succeeded", "failed", "cancelled", "all")
+
+
+class WebhookConfig(BaseModel):
+    """One webhook receiver. ``events`` picks what it hears; ``all`` is every transition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str = Field(pattern=r"^https?://")
+    secret: str = Field(min_length=16)
+    events: list[str] = ["recovering", "recovered", "succeeded", "failed", "cancelled"]
+    format: str = Field(default="json", pattern="^(json|slack)$")
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [e for e in v if e not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event {unknown[0]!r} (known: {', '.join(WEBHOOK_EVENTS)})")
+        return v
 
 
 class ControllerConfig(BaseSettings):
@@ -51,13 +74,27 @@ class ControllerConfig(BaseSettings):
     # A zone that just preempted a job is ranked last for this long.
     zone_cooldown: float = Field(default=1800.0, ge=0)
     # Preemption notice: how often agents poll the metadata endpoint, what the job gets.
-    notice_poll_interval: float = Field(default=1.0, gt=0)
+    notice_poll_interval: float = Field(default=0.5, gt=0)
     notice_signal: str = "SIGTERM"
     # Seconds between COPY-mode checkpoint uploads.
     copy_sync_interval: float = Field(default=60.0, gt=0)
     # Local provider: zones currently without spot capacity.
     local_no_spot_zones: Annotated[list[str], NoDecode] = []
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    # TLS for the API: both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    webhooks: list[WebhookConfig] = []
+    # systemd watchdog: the daemon pings at half of WATCHDOG_USEC when systemd asks.
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ControllerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        names = [w.name for w in self.webhooks]
+        if len(names) != len(set(names)):
+            raise ValueError("webhook names must be unique")
+        return self
 
     @field_validator("state_dir", mode="after")
     @classmethod

@@ -78,6 +78,9 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return _error(409, str(err))
     except ProviderError as err:
         return _error(502, f"provider error: {err}")
+    except ConnectionError:
+        # The peer went away mid-request (an agent killed by its preemption): nothing to do.
+        return _error(400, "connection lost")
     except Exception:  # noqa: BLE001 - a bug must not kill the server or leak a traceback
         log.exception("request failed", path=path)
         return _error(500, "internal error (see the controller log)")
@@ -362,6 +365,9 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
     if not isinstance(rank_, int):
         raise BadRequest("rank must be an integer")
     ctl.last_seen[(attempt_id, rank_)] = time.time()
+    wait = body.get("wait_go") or 0
+    if isinstance(wait, int | float) and wait > 0 and attempt_id not in ctl.go:
+        await ctl.wait_go(attempt_id, min(float(wait), 30.0))
     return web.json_response({"go": attempt_id in ctl.go})
 
 

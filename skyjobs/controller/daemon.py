@@ -62,6 +62,7 @@ class Controller:
         self.runners: dict[int, JobRunner] = {}
         self.runner_tasks: dict[int, asyncio.Task[None]] = {}
         self.go: set[int] = set()  # attempts whose agents may start run
+        self._go_waiters: dict[int, asyncio.Event] = {}
         self.last_seen: dict[tuple[int, int], float] = {}
         self.silent_since: dict[int, float] = {}
         self.attempt_jobs: dict[int, int] = {}
@@ -187,6 +188,20 @@ class Controller:
         finally:
             self.runners.pop(runner.job_id, None)
             self.runner_tasks.pop(runner.job_id, None)
+
+    def grant_go(self, attempt_id: int) -> None:
+        self.go.add(attempt_id)
+        waiter = self._go_waiters.pop(attempt_id, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def wait_go(self, attempt_id: int, timeout: float) -> None:
+        """Hold an agent's heartbeat until its attempt may start (or timeout)."""
+        waiter = self._go_waiters.setdefault(attempt_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def post(self, job_id: int, msg: Message) -> None:
         runner = self.runners.get(job_id)

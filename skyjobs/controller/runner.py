@@ -285,7 +285,7 @@ class JobRunner:
             return
         attempts: list[st.Attempt] = await self._db(self.ctl.store.sync.attempts_of, job.id)
         if all(a.status == "ended" for a in attempts if a.id != attempt.id):
-            self.ctl.go.add(attempt.id)
+            self.ctl.grant_go(attempt.id)
 
     async def _finish(self, job: st.Job, attempt: st.Attempt, target: str, end_reason: str,
                       reason: str, exit_code: int | None) -> None:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from skyjobs.controller import payloads
 from skyjobs.exceptions import IllegalTransitionError, NotFoundError
 from skyjobs.pricing.catalog import Placement
 
@@ -132,6 +133,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX zone_events_at ON zone_events(at);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        event_id INTEGER NOT NULL REFERENCES events(id),
+        hook TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        delivered_at REAL,
+        last_error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX outbox_pending ON outbox(delivered_at, job_id, hook, id);
+    """,
 ]
 
 
@@ -204,7 +220,9 @@ def _attempt(row: sqlite3.Row) -> Attempt:
 class SyncStore:
     """The SQL itself. Not thread-safe by design: use it only through :class:`Store`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hooks: dict[str, frozenset[str]] | None = None) -> None:
+        # Webhook name -> the event names it wants; deliveries are queued per transition.
+        self.hooks = hooks or {}
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
@@ -297,10 +315,72 @@ class SyncStore:
                to: str | None, reason: str | None, exit_code: int | None = None,
                attempt: int | None = None, placement: str | None = None,
                now: float | None = None) -> None:
-        c.execute(
+        at = now or time.time()
+        cur = c.execute(
             "INSERT INTO events(job_id, at, kind, from_status, to_status, reason, exit_code,"
             " attempt, placement) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job_id, now or time.time(), kind, frm, to, reason, exit_code, attempt, placement))
+            (job_id, at, kind, frm, to, reason, exit_code, attempt, placement))
+        if kind == "transition" and self.hooks:
+            self._enqueue(c, int(cur.lastrowid or 0), job_id, frm, to, reason, exit_code,
+                          attempt, placement, at)
+
+    def _enqueue(self, c: sqlite3.Connection, event_id: int, job_id: int, frm: str | None,
+                 to: str | None, reason: str | None, exit_code: int | None,
+                 attempt: int | None, placement: str | None, at: float) -> None:
+        """Queue webhook deliveries in the transition's own transaction: a transition is
+        never recorded without its notifications, nor notified without being recorded."""
+        job = c.execute("SELECT name, task_id, recovery_count FROM jobs WHERE id=?",
+                        (job_id,)).fetchone()
+        name = payloads.event_name(frm, to, job["recovery_count"])
+        cost = c.execute("SELECT COALESCE(SUM((COALESCE(ended_at, ?) - created_at) / 3600.0"
+                         " * price_per_hour * num_nodes), 0) FROM attempts WHERE job_id=?",
+                         (at, job_id)).fetchone()[0]
+        if placement is None:
+            row = c.execute("SELECT cloud, zone, instance_type, use_spot, n FROM attempts"
+                            " WHERE job_id=? ORDER BY n DESC LIMIT 1", (job_id,)).fetchone()
+            if row is not None:
+                kind = "spot" if row["use_spot"] else "on-demand"
+                placement = f"{row['cloud']}/{row['zone']}/{row['instance_type']}/{kind}"
+                attempt = attempt or row["n"]
+        for hook, wanted in self.hooks.items():
+            if "all" not in wanted and name not in wanted:
+                continue
+            body = payloads.event_payload(
+                event_id=event_id, hook=hook, name=name, job_id=job_id, job_name=job["name"],
+                task_id=job["task_id"], frm=frm, to=to, reason=reason, exit_code=exit_code,
+                attempt=attempt, placement=placement, recovery_count=job["recovery_count"],
+                cost=cost, at=at)
+            c.execute("INSERT INTO outbox(job_id, event_id, hook, payload, next_at, created_at)"
+                      " VALUES (?, ?, ?, ?, ?, ?)", (job_id, event_id, hook, json.dumps(body),
+                                                     at, at))
+
+    # --- webhook outbox --------------------------------------------------------------------
+
+    def due_deliveries(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        """The oldest undelivered item of each (job, hook) whose retry time has come: later
+        items wait, so each receiver hears a job's events in order."""
+        rows = self.conn.execute(
+            "SELECT o.* FROM outbox o WHERE o.delivered_at IS NULL AND o.next_at <= ? AND"
+            " o.id = (SELECT MIN(id) FROM outbox p WHERE p.job_id = o.job_id AND"
+            " p.hook = o.hook AND p.delivered_at IS NULL) ORDER BY o.id LIMIT ?",
+            (now, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def mark_delivered(self, outbox_id: int) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE outbox SET delivered_at=?, attempts=attempts+1 WHERE id=?",
+                      (time.time(), outbox_id))
+
+    def mark_retry(self, outbox_id: int, next_at: float, error: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=?"
+                      " WHERE id=?", (next_at, error[:500], outbox_id))
+
+    def outbox_stats(self) -> dict[str, int]:
+        row = self.conn.execute(
+            "SELECT COUNT(*) AS backlog, COALESCE(SUM(attempts > 0), 0) AS retrying"
+            " FROM outbox WHERE delivered_at IS NULL").fetchone()
+        return {"backlog": int(row["backlog"]), "retrying": int(row["retrying"])}
 
     def _cas(self, c: sqlite3.Connection, job_id: int, target: str, expect: frozenset[str] | None,
              updates: dict[str, Any], now: float) -> str:
@@ -501,9 +581,9 @@ class SyncStore:
 class Store:
     """Async facade: every call runs on the store's one thread, in submission order."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hooks: dict[str, frozenset[str]] | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyjobs-store")
-        self.sync = self._pool.submit(SyncStore, path).result()
+        self.sync = self._pool.submit(SyncStore, path, hooks).result()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

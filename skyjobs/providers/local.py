@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import os
 import signal
 import sys
@@ -29,7 +28,6 @@ from skyjobs.providers.local_instance import (
     kill_session,
     process_alive,
     read_json,
-    session_members,
     write_json_atomic,
 )
 
@@ -43,7 +41,7 @@ class LocalProvider:
         self.instances.mkdir(parents=True, exist_ok=True)
         self._static_no_spot = set(no_spot_zones or [])
         # Blocking file and /proc work stays off the event loop.
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skyjobs-local")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="skyjobs-local")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -113,35 +111,39 @@ class LocalProvider:
         return InstanceInfo(instance_id, base.GONE, base.LOST)
 
     async def terminate(self, instance_ids: list[str]) -> None:
-        for instance_id in instance_ids:
-            await self._run(self._terminate_one, instance_id)
+        found = await self._run(lambda: [self._tombstone(i) for i in instance_ids])
+        live = [f for f in found if f is not None]
+        if not live:
+            return
+        sids = [sid for sid, _, _ in live]
+        await self._run(lambda: kill_session(*sids, sig=signal.SIGTERM))
+        # Give the hypervisors a moment to exit cleanly, without holding the loop or a thread.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and await self._run(
+                lambda: any(process_alive(pid, ticks) for _, pid, ticks in live)):
+            await asyncio.sleep(0.1)
+        await self._run(lambda: kill_session(*sids, sig=signal.SIGKILL))
 
-    def _terminate_one(self, instance_id: str) -> None:
+    def _tombstone(self, instance_id: str) -> tuple[int, int, int | None] | None:
+        """Mark the instance terminated (under the boot lock); return (sid, pid, ticks)."""
         directory = self.instances / instance_id
         if not directory.exists():
-            return
+            return None
         lock_fd = os.open(directory / "launch.lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             # Waits for a boot in flight, then leaves a tombstone no later boot will pass.
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             state = read_json(directory / STATE_FILE) or {}
-            sid = state.get("sid")
             if state.get("state") != "terminated":
                 write_json_atomic(directory / STATE_FILE, {
                     **state, "state": "terminated", "reason": base.TERMINATED,
                     "ended_at": time.time()})
-            if isinstance(sid, int):
-                self._stop_session(sid)
+            sid, pid, ticks = state.get("sid"), state.get("pid"), state.get("start_ticks")
+            if not (isinstance(sid, int) and isinstance(pid, int)):
+                return None
+            return sid, pid, ticks if isinstance(ticks, int) else None
         finally:
             os.close(lock_fd)
-
-    @staticmethod
-    def _stop_session(sid: int) -> None:
-        kill_session(sid, signal.SIGTERM)
-        deadline = time.monotonic() + 3.0
-        while session_members(sid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        kill_session(sid, signal.SIGKILL)
 
     async def preempt(self, instance_ids: list[str], notice_s: float) -> None:
         for instance_id in instance_ids:
@@ -166,6 +168,3 @@ class LocalProvider:
     async def close(self) -> None:
         self._pool.shutdown(wait=False)
 
-
-def describe(info: InstanceInfo) -> str:
-    return json.dumps({"id": info.instance_id, "state": info.state, "reason": info.reason})

@@ -64,23 +64,23 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
-def session_members(sid: int) -> list[int]:
-    pids = []
+def session_members(*sids: int) -> list[int]:
+    """Live processes of the given sessions (one scan of /proc for all of them)."""
+    wanted, pids = set(sids), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         fields = _proc_stat(int(entry))
-        if fields and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+        if fields and int(fields[3]) in wanted and fields[0] not in ("Z", "X"):
             pids.append(int(entry))
     return pids
 
 
-def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal every process of an instance, including job process groups it created."""
+def kill_session(*sids: int, sig: int = signal.SIGKILL) -> None:
+    """Signal every process of the given instances, including job process groups."""
     me = os.getpid()
-    members = session_members(sid)
     # Signal ourselves last, or the hypervisor would die before the rest of its VM.
-    for pid in sorted(members, key=lambda p: p == me):
+    for pid in sorted(session_members(*sids), key=lambda p: p == me):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
@@ -93,6 +93,7 @@ class Instance:
         self.launch = read_json(directory / LAUNCH_FILE) or {}
         self.lock = threading.Lock()
         self.notice: dict[str, str] | None = None
+        self.noticed = threading.Event()
         self.tokens: set[str] = set()
 
     def state(self) -> dict[str, object]:
@@ -108,6 +109,7 @@ class Instance:
             if self.notice is not None:
                 return
             self.notice = {"action": "terminate", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        self.noticed.set()
         self.update_state(notice_at=time.time(), notice_s=notice_s)
         threading.Timer(max(0.0, notice_s), self.die, args=("preempted",)).start()
 
@@ -141,8 +143,12 @@ def make_handler(inst: Instance) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("X-aws-ec2-metadata-token") not in inst.tokens:
                 self._send(401, "unauthorized")
                 return
-            path = urlparse(self.path).path
+            url = urlparse(self.path)
+            path = url.path
             if path == "/latest/meta-data/spot/instance-action":
+                wait = parse_qs(url.query).get("wait", ["0"])[0]
+                if inst.notice is None and wait.isdigit():
+                    inst.noticed.wait(min(float(wait), 60.0))
                 if inst.notice is None:
                     self._send(404, "not found")
                 else:
@@ -179,6 +185,7 @@ def serve(directory: Path, ready_fd: int, lock_fd: int) -> None:
     home.mkdir(exist_ok=True)
     env = {**os.environ, **{k: str(v) for k, v in dict(inst.launch.get("env", {})).items()},
            "HOME": str(home), "SKYJOBS_METADATA_URL": f"http://127.0.0.1:{port}",
+           "SKYJOBS_METADATA_LONG_POLL": "1",
            "SKYJOBS_INSTANCE_DIR": str(directory)}
     log = open(directory / "agent.log", "ab")  # noqa: SIM115 - lives as long as the instance
     agent = subprocess.Popen([sys.executable, "-m", "skyjobs.agent"], cwd=home, env=env,
