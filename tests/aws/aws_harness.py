@@ -32,6 +32,7 @@ from typing import Any
 from moto.backends import get_backend
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models.core import TaggedEC2Resource
 from moto.ec2.models.instances import InstanceBackend, StateReason
 from moto.ec2.responses.spot_instances import SpotInstances
 from moto.server import ThreadedMotoServer
@@ -72,6 +73,7 @@ class Moto:
     def stop(self) -> None:
         InstanceBackend.run_instances = self._orig_run  # type: ignore[method-assign]
         SpotInstances.describe_spot_price_history = self._orig_prices  # type: ignore[method-assign]
+        TaggedEC2Resource.get_tags = self._orig_tags  # type: ignore[method-assign]
         self.server.stop()
 
     # --- reaching into moto ----------------------------------------------------------------
@@ -118,7 +120,20 @@ class Moto:
                     if not types or t in types]
             return ActionResult({"SpotPriceHistory": rows})
 
+        # moto finds a resource's tags by scanning every tag of the region with regexes, so a
+        # tag-filtered describe is quadratic: 1000 instances take minutes. Same answer, by key.
+        self._orig_tags = TaggedEC2Resource.get_tags
+
+        def get_tags(resource: Any) -> list[dict[str, str]]:
+            rid = getattr(resource, "id", None)
+            if not rid:
+                return []
+            tags = resource.ec2_backend.tags.get(rid, {})
+            return [{"resource_id": rid, "key": k, "value": v, "resource_type": ""}
+                    for k, v in tags.items()]
+
         InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
+        TaggedEC2Resource.get_tags = get_tags  # type: ignore[method-assign]
         SpotInstances.describe_spot_price_history = describe_spot_price_history  # type: ignore[method-assign]
 
 
