@@ -339,10 +339,32 @@ def capacity(obj: Ctx, zone: str, spot: bool) -> None:
     click.echo(f"zones without spot capacity: {zones}")
 
 
+@main.command()
+@click.option("--accelerator", default=None, help="Only this accelerator (e.g. A100).")
+@click.option("--cloud", default=None, help="Only this cloud.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def prices(obj: Ctx, accelerator: str | None, cloud: str | None, as_json: bool) -> None:
+    """Show spot prices: live where the poller has read them, stale or list otherwise."""
+    reply = obj.client().get("/api/v1/prices", accelerator=accelerator, cloud=cloud)
+    if as_json:
+        click.echo(json.dumps(reply["prices"], indent=2))
+        return
+    rows = [[p["cloud"], p["region"], p["zone"], p["instance_type"], p["accelerator"] or "-",
+             f"${p['ondemand_price']:.3f}",
+             f"${p['spot_price']:.3f}" if p["spot_price"] is not None else "-",
+             p["status"] + (f" ({_fmt_time(p['observed_at'])})" if p["observed_at"] else "")]
+            for p in reply["prices"]]
+    click.echo(_table(rows, ["CLOUD", "REGION", "ZONE", "INSTANCE", "ACCEL", "ON-DEMAND",
+                             "SPOT", "SPOT PRICE IS"]))
+
+
 def _register_extra_commands() -> None:
     from skyjobs.demo import demo
+    from skyjobs.simulate_cli import simulate
 
     main.add_command(demo)
+    main.add_command(simulate)
 
 
 _register_extra_commands()

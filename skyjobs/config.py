@@ -73,6 +73,13 @@ class ControllerConfig(BaseSettings):
     max_launch_rounds: int = Field(default=20, ge=1)
     # A zone that just preempted a job is ranked last for this long.
     zone_cooldown: float = Field(default=1800.0, ge=0)
+    # Placement's cost model: seconds from launch to useful work (boot, setup, checkpoint
+    # restore) and the typical checkpoint interval of jobs (work lost without a notice).
+    restart_estimate: float = Field(default=180.0, ge=0)
+    checkpoint_interval_estimate: float = Field(default=1800.0, gt=0)
+    # Live spot prices are refreshed this often for offerings live jobs can use.
+    price_poll_interval: float = Field(default=300.0, gt=0)
+    price_max_age: float = Field(default=3600.0, gt=0)
     # Preemption notice: how often agents poll the metadata endpoint, what the job gets.
     notice_poll_interval: float = Field(default=0.5, gt=0)
     notice_signal: str = "SIGTERM"

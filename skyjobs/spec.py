@@ -248,7 +248,14 @@ class Resources(ResourceChoice):
 
     @property
     def strategy(self) -> str:
-        return self.job_recovery.strategy or DEFAULT_STRATEGY
+        """The strategy that runs: the named one, else DEADLINE_AWARE for a job with a
+        deadline and an expected runtime, else COST_AWARE."""
+        jr = self.job_recovery
+        if jr.strategy:
+            return jr.strategy
+        if jr.deadline_hours is not None and jr.expected_runtime_hours is not None:
+            return "DEADLINE_AWARE"
+        return DEFAULT_STRATEGY
 
 
 class BucketMount(_Strict):

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from skyjobs.controller import store as st
 from skyjobs.controller import views
-from skyjobs.controller.runner import Message
+from skyjobs.controller.runner import Message, ranked_candidates, ranking_context
 from skyjobs.exceptions import (
     IllegalTransitionError,
     NotFoundError,
@@ -34,7 +34,6 @@ from skyjobs.exceptions import (
     SpecError,
 )
 from skyjobs.recovery.placement import match, require_candidates
-from skyjobs.recovery.policy import RankingContext, rank
 from skyjobs.spec import TaskSpec, parse_task
 
 if TYPE_CHECKING:
@@ -288,15 +287,32 @@ async def preempt(request: web.Request) -> web.Response:
 async def plan(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     body = await _json(request)
-    spec = parse_task(body.get("task"), source=str(body.get("source") or "task"))
-    require_candidates(spec, ctl.catalog)
-    candidates = match(spec, ctl.catalog,
-                       with_on_demand_twins=spec.resources.strategy == "DEADLINE_AWARE")
-    ctx = RankingContext(strategy=spec.resources.strategy, ordered=spec.resources.is_ordered,
-                         now=time.time())
-    ranked = rank(candidates, ctx)
+    source = str(body.get("source") or "task")
+    spec = parse_task(body.get("task"), source=source)
+    try:
+        require_candidates(spec, ctl.catalog)
+    except SpecError as err:
+        raise SpecError(f"{source}: {err}") from None
+    ctx = ranking_context(ctl, spec, None, [], time.time())
+    ranked = ranked_candidates(ctl, spec, ctx)
     return web.json_response({"strategy": spec.resources.strategy, "num_nodes": spec.num_nodes,
                               "candidates": [views.ranked_row(r) for r in ranked]})
+
+
+async def prices(request: web.Request) -> web.Response:
+    ctl = request.app[CTL]
+    q = request.query
+    accel, cloud = q.get("accelerator"), q.get("cloud")
+    now = time.time()
+    rows = []
+    for o in ctl.catalog.offerings:
+        if cloud and o.cloud != cloud:
+            continue
+        if accel and (o.accelerator or "").lower() != accel.lower():
+            continue
+        rows.append(views.price_row(o, ctl.price_book.quote(o, True, now)))
+    rows.sort(key=lambda r: (r["accelerator"] or "", r["spot_price"] or 1e9))
+    return web.json_response({"prices": rows, "max_age_s": ctl.price_book.max_age_s})
 
 
 async def capacity(request: web.Request) -> web.Response:
@@ -448,6 +464,7 @@ def make_app(ctl: Controller) -> web.Application:
         web.post("/api/v1/jobs/{job}/preempt", preempt),
         web.post("/api/v1/cancel", cancel),
         web.post("/api/v1/plan", plan),
+        web.get("/api/v1/prices", prices),
         web.post("/api/v1/local/capacity", capacity),
         web.get("/agent/v1/attempts/{attempt}/task", agent_task),
         web.get("/agent/v1/attempts/{attempt}/archive", agent_archive),

@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,16 @@ from skyjobs.controller import store as st
 from skyjobs.controller.runner import JobRunner, Message
 from skyjobs.exceptions import ConfigError, ProviderError
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
+from skyjobs.pricing.prices import PriceBook
 from skyjobs.providers import base
 from skyjobs.providers.base import LaunchRequest, Provider
 from skyjobs.providers.local import LocalProvider
+from skyjobs.recovery.memory import PreemptionMemory
 
 log = structlog.get_logger("skyjobs.controller")
 
 RUNNER_RESTART_DELAY = 5.0
+MEMORY_HORIZON = 14 * 24 * 3600.0  # preemption evidence older than this has faded away
 
 
 def write_secret_file(path: Path, value: str) -> None:
@@ -67,6 +71,8 @@ class Controller:
         self.silent_since: dict[int, float] = {}
         self.attempt_jobs: dict[int, int] = {}
         self.recoveries_by_reason: dict[str, int] = {}
+        self.memory = PreemptionMemory()
+        self.price_book = PriceBook(config.price_max_age)
         self.url = ""
         self.started_at = time.time()
         self._stop = asyncio.Event()
@@ -84,7 +90,8 @@ class Controller:
             (self.state_dir / sub).mkdir(exist_ok=True)
         self.token = read_or_create_secret(self.state_dir / "token")
         self.secret = read_or_create_secret(self.state_dir / "agent-secret").encode()
-        self.store = st.Store(self.config.db_path)
+        hooks = {w.name: frozenset(w.events) for w in self.config.webhooks}
+        self.store = st.Store(self.config.db_path, hooks)
         os.chmod(self.config.db_path, 0o600)  # it holds task secrets
         cid = await self.store.call(self.store.sync.get_or_set_meta, "controller_id",
                                     secrets.token_hex(3))
@@ -92,7 +99,9 @@ class Controller:
         self._make_providers()
         from skyjobs.controller.api import make_app  # late: api imports this module
 
-        self._http = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+        # Held long-polls must not hold up a shutdown for aiohttp's default minute.
+        self._http = web.AppRunner(make_app(self), access_log=None, handle_signals=False,
+                                   shutdown_timeout=2.0)
         await self._http.setup()
         site = web.TCPSite(self._http, self.config.host, self._port(),
                            ssl_context=None, reuse_address=True)
@@ -139,8 +148,20 @@ class Controller:
             else:
                 raise ConfigError(f"clouds: provider {cloud!r} is not available in this build")
 
+    async def _load_evidence(self) -> None:
+        """Rebuild the preemption memory and the price book from the store."""
+        since = time.time() - MEMORY_HORIZON
+        rows = await self.store.call(self.store.sync.zone_events_since, since)
+        self.memory = PreemptionMemory.from_records(
+            ((r["cloud"], r["region"], r["zone"], r["instance_type"], bool(r["use_spot"])),
+             r["kind"], r["at"], r["value"] if r["value"] is not None else 1.0) for r in rows)
+        for cloud, region, zone, itype, price, at in await self.store.call(
+                self.store.sync.load_prices):
+            self.price_book.observe((cloud, region, zone, itype), price, at)
+
     async def _resume(self) -> None:
         """Re-attach to every unfinished job and finish cleaning up after ended ones."""
+        await self._load_evidence()
         job_ids = await self.store.call(self.store.sync.live_job_ids)
         for job_id in job_ids:
             self.start_runner(job_id)
@@ -161,6 +182,10 @@ class Controller:
         self._scheduler = AsyncIOScheduler()
         self._scheduler.add_job(self.poll_instances, "interval", id="poll_instances",
                                 seconds=self.config.instance_poll_interval,
+                                max_instances=1, coalesce=True)
+        self._scheduler.add_job(self.poll_prices, "interval", id="poll_prices",
+                                seconds=self.config.price_poll_interval,
+                                next_run_time=datetime.now(UTC),
                                 max_instances=1, coalesce=True)
         self._scheduler.start()
 
@@ -195,11 +220,11 @@ class Controller:
         if waiter is not None:
             waiter.set()
 
-    async def wait_go(self, attempt_id: int, timeout: float) -> None:
-        """Hold an agent's heartbeat until its attempt may start (or timeout)."""
+    async def wait_go(self, attempt_id: int, wait_s: float) -> None:
+        """Hold an agent's heartbeat until its attempt may start (or wait_s passes)."""
         waiter = self._go_waiters.setdefault(attempt_id, asyncio.Event())
         try:
-            await asyncio.wait_for(waiter.wait(), timeout)
+            await asyncio.wait_for(waiter.wait(), wait_s)
         except TimeoutError:
             pass
 
@@ -236,9 +261,39 @@ class Controller:
             tags={"skyjobs-controller": self.instance_prefix, "skyjobs-job": str(job.id),
                   "skyjobs-attempt": str(attempt.n)})
 
-    def metrics_recovery(self, job_id: int, reason: str) -> None:
+    def on_recovery(self, reason: str, attempt: st.Attempt) -> None:
         cause = reason.split(" (")[0].split(":")[0]
         self.recoveries_by_reason[cause] = self.recoveries_by_reason.get(cause, 0) + 1
+
+    def forget_attempt(self, attempt_id: int) -> None:
+        """Drop in-memory bookkeeping of an attempt whose instances are gone."""
+        self.go.discard(attempt_id)
+        self.silent_since.pop(attempt_id, None)
+        self.attempt_jobs.pop(attempt_id, None)
+        for key in [k for k in self.last_seen if k[0] == attempt_id]:
+            del self.last_seen[key]
+
+    # --- live prices -----------------------------------------------------------------------
+
+    async def poll_prices(self) -> None:
+        """Refresh spot prices of the offerings that live jobs can use, per provider."""
+        from skyjobs.controller.prices import offerings_in_use
+
+        wanted = await offerings_in_use(self)
+        rows: list[tuple[str, str, str, str, float, float]] = []
+        for cloud, offerings in wanted.items():
+            source = getattr(self.providers.get(cloud), "spot_prices", None)
+            if source is None or not offerings:
+                continue
+            keys = sorted({(o.region, o.zone, o.instance_type) for o in offerings})
+            try:
+                for region, zone, itype, price, at in await source(keys):
+                    self.price_book.observe((cloud, region, zone, itype), price, at)
+                    rows.append((cloud, region, zone, itype, price, at))
+            except ProviderError as err:
+                log.warning("price poll failed", cloud=cloud, error=str(err))
+        if rows:
+            await self.store.call(self.store.sync.save_prices, rows)
 
     # --- periodic instance poll ------------------------------------------------------------
 
@@ -298,17 +353,19 @@ class Controller:
             notify("STOPPING=1")
             await self.shutdown()
 
-    async def shutdown(self, timeout: float = 10.0) -> None:
+    async def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop taking work and exit; instances are left alone for the next start."""
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        for waiter in self._go_waiters.values():
+            waiter.set()  # answer held heartbeats now; agents retry against the next start
         if self._http is not None:
             await self._http.cleanup()
         tasks = list(self.runner_tasks.values())
         for t in tasks:
             t.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(tasks, timeout=grace_s)
         for provider in self.providers.values():
             await provider.close()
         if hasattr(self, "store"):

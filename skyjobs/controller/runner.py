@@ -1,10 +1,10 @@
 """One lightweight asyncio task per live job: drives the job's state machine.
 
-The runner keeps nothing that matters in memory: every decision reads the store and every
-change is a compare-and-set transition, so a runner can be cancelled anywhere (shutdown) or
-killed with its process, and the next controller resumes from the store. Agents and the
-instance poller talk to a runner through its inbox; the API persists a report before posting
-it, so a message lost with a crash is re-read from the store on resume.
+The runner keeps nothing that matters in memory: each step reads one snapshot from the store
+and every change is a compare-and-set transition, so a runner can be cancelled anywhere
+(shutdown) or killed with its process, and the next controller resumes from the store.
+Agents and the instance poller talk to a runner through its inbox; the API persists a report
+before posting it, so a message lost with a crash is re-read from the store on resume.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from skyjobs.pricing.catalog import Placement
 from skyjobs.providers import base
 from skyjobs.recovery import decide
 from skyjobs.recovery.placement import Candidate, match
-from skyjobs.recovery.policy import RankingContext, rank
+from skyjobs.recovery.policy import Ranked, RankingContext, memory_key, rank
 from skyjobs.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("skyjobs.runner")
 
 DRAIN_GRACE = 15.0  # seconds past a notice's deadline before an old attempt is forced out
+NOTICE_SECONDS = {"aws": 120.0, "gcp": 30.0, "local": 30.0}
+PREEMPTED_ENDS = ("preempted", "lost")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,47 @@ class Message:
     attempt_id: int | None = None
     rank: int | None = None
     detail: Any = None
+
+
+def ranking_context(ctl: Controller, spec: TaskSpec, job: st.Job | None,
+                    attempts: list[st.Attempt], now: float) -> RankingContext:
+    """What the placement policy may know about this job; also used by `skyjobs plan`."""
+    cfg = ctl.config
+    rec = spec.resources.job_recovery
+    cooldown: dict[tuple[str, str, str], float] = {}
+    last_preempted = None
+    for a in attempts:
+        hit = a.notice_at or (a.ended_at if a.end_reason in PREEMPTED_ENDS else None)
+        if hit is not None:
+            key = (a.cloud, a.zone, a.instance_type)
+            cooldown[key] = max(cooldown.get(key, 0.0), hit + cfg.zone_cooldown)
+            last_preempted = a
+    last = next((a for a in reversed(attempts) if a.end_reason != "no_capacity"), None)
+    last_end = ("preempted" if last.notice_at else last.end_reason) if last else None
+    # Restore time is not progress: each restart's first minutes redo or reload work.
+    progress = sum(max(0.0, (a.ended_at or now) - a.running_at - (cfg.restart_estimate
+                                                                  if a.n > 1 else 0.0))
+                   for a in attempts if a.running_at)
+    clouds = spec.resources.choices()[0].cloud
+    return RankingContext(
+        strategy=spec.resources.strategy, ordered=spec.resources.is_ordered, now=now,
+        last=ctl.placement_of(last) if last else None, last_end=last_end, cooldown=cooldown,
+        deadline_at=(job.submitted_at if job else now) + rec.deadline_hours * 3600
+        if rec.deadline_hours else None,
+        expected_runtime_s=rec.expected_runtime_hours * 3600
+        if rec.expected_runtime_hours else None,
+        progress_s=progress, memory=ctl.memory, prices=ctl.price_book,
+        restart_s=cfg.restart_estimate, checkpoint_interval_s=cfg.checkpoint_interval_estimate,
+        notice_s=NOTICE_SECONDS.get(clouds or "local", 30.0),
+        submitted_at=job.submitted_at if job else now,
+        last_preempted=ctl.placement_of(last_preempted) if last_preempted else None,
+    )
+
+
+def ranked_candidates(ctl: Controller, spec: TaskSpec, ctx: RankingContext) -> list[Ranked]:
+    deadline = spec.resources.job_recovery.deadline_hours is not None
+    candidates: list[Candidate] = match(spec, ctl.catalog, with_on_demand_twins=deadline)
+    return rank(candidates, ctx)
 
 
 class JobRunner:
@@ -61,208 +104,175 @@ class JobRunner:
     async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.ctl.store.call(fn, *args, **kwargs)
 
+    @property
+    def s(self) -> st.SyncStore:
+        return self.ctl.store.sync
+
     # --- main loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        s = self.ctl.store.sync
         while True:
-            job: st.Job = await self._db(s.get_job, self.job_id)
-            if job.status in st.TERMINAL:
-                await self._release_all()
+            snap: st.Snapshot = await self._db(self.s.snapshot, self.job_id)
+            if snap.job.status in st.TERMINAL:
+                await self._release_all(snap.attempts)
                 return
             try:
-                await self._step(job)
+                await self._step(snap)
             except IllegalTransitionError as err:
                 # Someone else (a cancel) moved the job first; re-read and act on that.
                 self.log.info("transition lost a race", detail=str(err))
 
-    async def _step(self, job: st.Job) -> None:
-        if job.status == st.CANCELLING:
-            await self._cancel(job)
-        elif job.status in (st.PENDING, st.RECOVERING):
-            await self._provision(job)
-        elif job.status == st.PROVISIONING:
-            attempt = await self._current(job)
-            if attempt is None or attempt.status == "ended":
-                await self._provision(job)
-            else:
-                await self._watch(job, attempt)
-        elif job.status == st.RUNNING:
-            attempt = await self._current(job)
-            assert attempt is not None, "a RUNNING job always has an attempt"
-            await self._watch(job, attempt)
-
-    async def _current(self, job: st.Job) -> st.Attempt | None:
-        if job.current_attempt is None:
-            return None
-        attempt: st.Attempt = await self._db(self.ctl.store.sync.get_attempt, job.current_attempt)
-        return attempt
+    async def _step(self, snap: st.Snapshot) -> None:
+        status, current = snap.job.status, snap.current
+        if status == st.CANCELLING:
+            await self._cancel(snap)
+        elif status in (st.PENDING, st.RECOVERING):
+            await self._provision(snap)
+        elif current is None or current.status == "ended":
+            await self._provision(snap)
+        else:
+            await self._watch(snap, current)
 
     # --- provisioning ----------------------------------------------------------------------
 
     def _spec(self, job: st.Job) -> TaskSpec:
         return TaskSpec.model_validate(job.task["spec"])
 
-    async def _ranking(self, job: st.Job, spec: TaskSpec) -> list[Candidate]:
-        attempts: list[st.Attempt] = await self._db(self.ctl.store.sync.attempts_of, job.id)
-        now = time.time()
-        cooldown: dict[tuple[str, str, str], float] = {}
-        for a in attempts:
-            hit = a.notice_at or (a.ended_at if a.end_reason in ("preempted", "lost") else None)
-            if hit is not None:
-                key = (a.cloud, a.zone, a.instance_type)
-                cooldown[key] = max(cooldown.get(key, 0.0), hit + self.ctl.config.zone_cooldown)
-        last = next((a for a in reversed(attempts) if a.end_reason != "no_capacity"), None)
-        last_end = None
-        if last is not None:
-            last_end = "preempted" if last.notice_at else last.end_reason
-        rec = spec.resources.job_recovery
-        ctx = RankingContext(
-            strategy=spec.resources.strategy, ordered=spec.resources.is_ordered, now=now,
-            last=self.ctl.placement_of(last) if last else None,
-            last_end=last_end, cooldown=cooldown,
-            deadline_at=(job.submitted_at + rec.deadline_hours * 3600
-                         if rec.deadline_hours else None),
-            expected_runtime_s=(rec.expected_runtime_hours * 3600
-                                if rec.expected_runtime_hours else None),
-            progress_s=sum((a.ended_at or now) - a.running_at for a in attempts if a.running_at),
-        )
-        candidates = match(spec, self.ctl.catalog,
-                           with_on_demand_twins=spec.resources.strategy == "DEADLINE_AWARE")
-        return [r.candidate for r in rank(candidates, ctx)]
-
-    async def _provision(self, job: st.Job) -> None:
+    async def _provision(self, snap: st.Snapshot) -> None:
+        job = snap.job
         spec = self._spec(job)
-        ranked = await self._ranking(job, spec)
-        fresh = [c for c in ranked if self._key(c.placement) not in self.tried]
+        ctx = ranking_context(self.ctl, spec, job, snap.attempts, time.time())
+        fresh = [r for r in ranked_candidates(self.ctl, spec, ctx)
+                 if self._key(r.candidate.placement) not in self.tried]
         if not fresh:
             await self._no_capacity_round(job)
             return
-        cand = fresh[0]
-        reason = "first launch" if job.attempt_count == 0 else "next candidate"
-        if job.status == st.RECOVERING:
-            reason = "recovery"
+        choice = fresh[0]
+        placement = choice.candidate.placement
+        reason = {st.PENDING: "first launch", st.RECOVERING: "recovery"}.get(
+            job.status, "next candidate")
         attempt: st.Attempt = await self._db(
-            self.ctl.store.sync.begin_attempt, job.id, cand.placement, spec.num_nodes,
-            self.ctl.instance_prefix, f"{reason} on {cand.placement.label()}")
-        self.log.info("launching", attempt=attempt.n, placement=cand.placement.label())
+            self.s.begin_attempt, job.id, placement, spec.num_nodes,
+            self.ctl.instance_prefix, f"{reason} on {placement.label()} ({choice.reason})")
+        self.log.info("launching", attempt=attempt.n, placement=placement.label())
         await self._launch(job, attempt)
 
     @staticmethod
     def _key(p: Placement) -> tuple[str, str, str, bool]:
         return (p.cloud, p.zone, p.instance_type, p.use_spot)
 
+    def _remember(self, p: Placement, kind: str, value: float = 1.0) -> st.ZoneEvent:
+        """Feed the preemption memory; the caller persists the returned event in its
+        transaction, so the memory rebuilt after a restart is the same."""
+        self.ctl.memory.record(memory_key(p), kind, time.time(), value)
+        return (p, kind, value)
+
     async def _launch(self, job: st.Job, attempt: st.Attempt) -> bool:
         """Launch (or find) the attempt's instances; False when it had to be given up."""
-        s = self.ctl.store.sync
         provider = self.ctl.providers[attempt.cloud]
         placement = self.ctl.placement_of(attempt)
         try:
             await provider.launch(self.ctl.launch_request(job, attempt))
         except CapacityError as err:
             self.tried.add(self._key(placement))
-            await self._db(s.record_zone_event, placement, "no_capacity")
-            await self._give_up_attempt(job, attempt, "no_capacity", f"no capacity: {err}")
+            await self._give_up_attempt(job, attempt, "no_capacity", f"no capacity: {err}",
+                                        [self._remember(placement, "no_capacity")])
             return False
         except FatalProviderError as err:
             await self._give_up_attempt(job, attempt, "launch_error", f"launch failed: {err}")
-            await self._db(s.transition, job.id, st.FAILED, f"launch failed: {err}",
+            await self._db(self.s.transition, job.id, st.FAILED, f"launch failed: {err}",
                            expect=frozenset({st.PROVISIONING}))
             return False
         except ProviderError as err:
             self.tried.add(self._key(placement))
             await self._give_up_attempt(job, attempt, "launch_error", f"launch failed: {err}")
             return False
-        await self._db(s.set_attempt_status, attempt.id, "provisioning")
+        await self._db(self.s.set_attempt_status, attempt.id, "provisioning",
+                       zone_events=[self._remember(placement, "launch_ok")])
         self.tried.clear()
         self.rounds = 0
         return True
 
     async def _give_up_attempt(self, job: st.Job, attempt: st.Attempt, reason: str,
-                               info: str) -> None:
+                               info: str, zone_events: list[st.ZoneEvent] | None = None) -> None:
         await self._terminate(attempt)
-        await self._db(self.ctl.store.sync.end_attempt, job.id, attempt.id, reason, None, info)
-        await self._db(self.ctl.store.sync.mark_released, attempt.id)
+        await self._db(self.s.end_attempt, job.id, attempt.id, reason, None, info, zone_events)
+        await self._db(self.s.mark_released, attempt.id)
 
     async def _no_capacity_round(self, job: st.Job) -> None:
         cfg = self.ctl.config
         self.rounds += 1
         self.tried.clear()
         if self.rounds >= cfg.max_launch_rounds:
-            await self._db(self.ctl.store.sync.transition, job.id, st.FAILED_NO_RESOURCE,
+            await self._db(self.s.transition, job.id, st.FAILED_NO_RESOURCE,
                            f"no capacity in any candidate after {self.rounds} rounds",
                            expect=frozenset({st.PROVISIONING, st.RECOVERING, st.PENDING}))
             return
         delay = min(cfg.launch_backoff_max,
                     cfg.launch_backoff_initial * cfg.launch_backoff_factor ** (self.rounds - 1))
-        await self._db(self.ctl.store.sync.add_info_event, job.id,
-                       f"no capacity in any candidate (round {self.rounds}); retrying in {delay:.0f}s")
-        await self._sleep_or_message(delay)
+        await self._db(self.s.add_info_event, job.id, "no capacity in any candidate (round "
+                       f"{self.rounds}); retrying in {delay:.0f}s")
+        await self._next_message(delay)
 
-    async def _sleep_or_message(self, delay: float) -> Message | None:
+    async def _next_message(self, wait_s: float) -> Message | None:
         try:
-            return await asyncio.wait_for(self.inbox.get(), timeout=delay)
+            return await asyncio.wait_for(self.inbox.get(), timeout=wait_s)
         except TimeoutError:
             return None
 
     # --- watching a launched attempt -------------------------------------------------------
 
-    async def _watch(self, job: st.Job, attempt: st.Attempt) -> None:
-        """Wait for the next thing that moves this job, and move it."""
-        s = self.ctl.store.sync
-        if attempt.status == "launching" and not await self._launch(job, attempt):
+    async def _watch(self, snap: st.Snapshot, attempt: st.Attempt) -> None:
+        """Act on what the store says, else wait for the next thing that moves this job."""
+        job = snap.job
+        if attempt.status == "launching":
+            await self._launch(job, attempt)
             return
-        drain_wait = await self._drain_old(job, attempt)
-        nodes: dict[int, tuple[str, int | None]] = await self._db(s.nodes_of, attempt.id)
-        if await self._evaluate(job, attempt, nodes):
+        drain_wait = await self._drain_old(snap)
+        if await self._evaluate(snap, attempt):
             return
         waits = [3600.0, drain_wait]
         if job.status == st.PROVISIONING:
-            remaining = self._provision_deadline(attempt)
+            remaining = attempt.created_at + self.ctl.config.provision_timeout - time.time()
             if remaining <= 0:
-                self.tried.add(self._key(self.ctl.placement_of(attempt)))
-                await self._db(s.record_zone_event, self.ctl.placement_of(attempt),
-                               "launch_timeout")
+                placement = self.ctl.placement_of(attempt)
+                self.tried.add(self._key(placement))
                 await self._give_up_attempt(job, attempt, "provision_timeout",
-                                            "agents did not start before provision_timeout")
+                                            "agents did not start before provision_timeout",
+                                            [self._remember(placement, "no_capacity")])
                 return
             waits.append(remaining)
-        msg = await self._sleep_or_message(min(waits))
+        msg = await self._next_message(min(waits))
         if msg is not None:
-            await self._handle(job, attempt, msg)
+            await self._handle(snap, attempt, msg)
 
-    def _provision_deadline(self, attempt: st.Attempt) -> float:
-        return max(0.0, attempt.created_at + self.ctl.config.provision_timeout - time.time())
-
-    async def _handle(self, job: st.Job, attempt: st.Attempt, msg: Message) -> None:
+    async def _handle(self, snap: st.Snapshot, attempt: st.Attempt, msg: Message) -> None:
         if msg.attempt_id is not None and msg.attempt_id != attempt.id:
-            await self._old_attempt_message(job, msg)
-            return
-        if msg.kind == "notice":
-            await self._recover(job, attempt, None, "preemption notice", keep_running=True)
+            await self._old_attempt_message(snap, msg)
+        elif msg.kind == "notice":
+            await self._recover(snap.job, attempt, None, "preemption notice", keep_running=True)
         elif msg.kind == "gone":
             info: base.InstanceInfo = msg.detail
             why = "preempted" if info.reason in (base.PREEMPTED, base.LOST) else "lost"
-            await self._recover(job, attempt, why,
+            await self._recover(snap.job, attempt, why,
                                 f"instance {info.instance_id} is gone ({info.reason})")
         elif msg.kind == "silent":
-            await self._recover(job, attempt, "lost", str(msg.detail))
-        # phase, exit, wake and cancel: the next _watch/_step re-reads the store and acts.
+            await self._recover(snap.job, attempt, "lost", str(msg.detail))
+        # phase, exit, wake and cancel: the next step re-reads the store and acts.
 
-    async def _evaluate(self, job: st.Job, attempt: st.Attempt,
-                        nodes: dict[int, tuple[str, int | None]]) -> bool:
+    async def _evaluate(self, snap: st.Snapshot, attempt: st.Attempt) -> bool:
         """Act on the node reports in the store; True when the job moved."""
-        s = self.ctl.store.sync
+        job, nodes = snap.job, snap.nodes
         outcome = decide.attempt_outcome(nodes, attempt.num_nodes, attempt.notice_at is not None)
         if outcome is None:
-            if job.status == st.PROVISIONING and decide.all_in(nodes, attempt.num_nodes, "running"):
-                await self._db(s.set_attempt_status, attempt.id, "running", running=True)
-                await self._db(s.transition, job.id, st.RUNNING,
+            if job.status == st.PROVISIONING and decide.all_in(nodes, attempt.num_nodes,
+                                                               "running"):
+                await self._db(self.s.transition, job.id, st.RUNNING,
                                f"running on {attempt.placement_label()}",
-                               expect=frozenset({st.PROVISIONING}))
+                               running_attempt=attempt.id, expect=frozenset({st.PROVISIONING}))
                 return True
             if decide.all_in(nodes, attempt.num_nodes, "ready", "running"):
-                await self._maybe_go(job, attempt)
+                self._maybe_go(snap, attempt)
             return False
         spec = self._spec(job)
         verdict = decide.after_exit(outcome, spec.resources.job_recovery, job.restart_count)
@@ -278,19 +288,25 @@ class JobRunner:
                                 exit_code=outcome.exit_code, restart=verdict.uses_budget)
         return True
 
-    async def _maybe_go(self, job: st.Job, attempt: st.Attempt) -> None:
-        """Let run start only once the previous attempt is fully over (it may still be
-        writing its last checkpoint during its notice)."""
-        if attempt.id in self.ctl.go:
-            return
-        attempts: list[st.Attempt] = await self._db(self.ctl.store.sync.attempts_of, job.id)
-        if all(a.status == "ended" for a in attempts if a.id != attempt.id):
+    def _maybe_go(self, snap: st.Snapshot, attempt: st.Attempt) -> None:
+        """Let run start only once every earlier attempt is over (one may still be writing
+        its last checkpoint during its notice)."""
+        if attempt.id not in self.ctl.go and all(
+                a.status == "ended" for a in snap.attempts if a.id != attempt.id):
             self.ctl.grant_go(attempt.id)
+
+    def _exposure(self, attempt: st.Attempt) -> list[st.ZoneEvent]:
+        """Running time at a placement: the denominator of its preemption hazard."""
+        if attempt.running_at is None:
+            return []
+        seconds = max(0.0, time.time() - attempt.running_at)
+        return [self._remember(self.ctl.placement_of(attempt), "run_seconds", seconds)]
 
     async def _finish(self, job: st.Job, attempt: st.Attempt, target: str, end_reason: str,
                       reason: str, exit_code: int | None) -> None:
-        await self._db(self.ctl.store.sync.transition, job.id, target, reason,
-                       exit_code=exit_code, end_attempt=(attempt.id, end_reason),
+        await self._db(self.s.transition, job.id, target, reason, exit_code=exit_code,
+                       end_attempt=(attempt.id, end_reason),
+                       zone_events=self._exposure(attempt),
                        expect=frozenset({st.RUNNING, st.PROVISIONING}))
         await self._release(attempt)
 
@@ -299,66 +315,68 @@ class JobRunner:
                        restart: bool = False) -> None:
         """Move to RECOVERING. With keep_running (a notice), the old attempt keeps its
         instances until its job exits or the notice runs out, so it can checkpoint."""
-        s = self.ctl.store.sync
         updates: dict[str, Any] = {}
-        if end_reason in ("preempted", "lost", None):
+        preempted = keep_running or end_reason in PREEMPTED_ENDS
+        if preempted:
             updates["recovery_count"] = job.recovery_count + 1
         if restart:
             updates["restart_count"] = job.restart_count + 1
         end = None if keep_running or end_reason is None else (attempt.id, end_reason)
-        await self._db(s.transition, job.id, st.RECOVERING, reason, exit_code=exit_code,
-                       end_attempt=end, job_updates=updates,
+        events = []
+        if preempted:
+            events.append(self._remember(self.ctl.placement_of(attempt), "preemption"))
+        if end is not None:
+            events += self._exposure(attempt)
+        await self._db(self.s.transition, job.id, st.RECOVERING, reason, exit_code=exit_code,
+                       end_attempt=end, job_updates=updates, zone_events=events,
                        expect=frozenset({st.RUNNING, st.PROVISIONING}))
-        self.ctl.metrics_recovery(job.id, reason)
-        if end_reason in ("preempted", "lost") or keep_running:
-            await self._db(s.record_zone_event, self.ctl.placement_of(attempt), "preemption")
+        if preempted:
+            self.ctl.on_recovery(reason, attempt)
         if end is not None:
             await self._release(attempt)
         self.log.info("recovering", attempt=attempt.n, reason=reason)
 
-    async def _drain_old(self, job: st.Job, current: st.Attempt) -> float:
+    async def _drain_old(self, snap: st.Snapshot) -> float:
         """Force out old attempts whose notice has run out without an exit report.
 
         Returns how long until the next old attempt's deadline (inf when none is left).
         """
-        attempts: list[st.Attempt] = await self._db(self.ctl.store.sync.attempts_of, job.id)
         now, next_wait = time.time(), float("inf")
-        for a in attempts:
-            if a.id == current.id or a.status == "ended":
+        for a in snap.attempts:
+            if a.id == snap.job.current_attempt or a.status == "ended":
                 continue
-            limit = (a.notice_deadline or time.time()) + DRAIN_GRACE
+            limit = (a.notice_deadline or now) + DRAIN_GRACE
             if now >= limit:
-                await self._end_old(job, a, "preempted", "notice ran out")
+                await self._end_old(snap.job, a, "notice ran out")
             else:
                 next_wait = min(next_wait, limit - now)
         return next_wait
 
-    async def _old_attempt_message(self, job: st.Job, msg: Message) -> None:
-        assert msg.attempt_id is not None
-        a: st.Attempt = await self._db(self.ctl.store.sync.get_attempt, msg.attempt_id)
-        if a.status == "ended":
+    async def _old_attempt_message(self, snap: st.Snapshot, msg: Message) -> None:
+        a = next((a for a in snap.attempts if a.id == msg.attempt_id), None)
+        if a is None or a.status == "ended":
             return
         if msg.kind == "exit":
-            nodes = await self._db(self.ctl.store.sync.nodes_of, a.id)
+            nodes = await self._db(self.s.nodes_of, a.id)
             if decide.attempt_outcome(nodes, a.num_nodes, True) is not None:
-                await self._end_old(job, a, "preempted", "old attempt exited after its notice")
+                await self._end_old(snap.job, a, "old attempt exited after its notice")
         elif msg.kind in ("gone", "silent"):
-            await self._end_old(job, a, "preempted", "old attempt's instance is gone")
+            await self._end_old(snap.job, a, "old attempt's instance is gone")
 
-    async def _end_old(self, job: st.Job, a: st.Attempt, reason: str, info: str) -> None:
-        await self._db(self.ctl.store.sync.end_attempt, job.id, a.id, reason, None, info)
+    async def _end_old(self, job: st.Job, a: st.Attempt, info: str) -> None:
+        await self._db(self.s.end_attempt, job.id, a.id, "preempted", None, info,
+                       self._exposure(a))
         await self._release(a)
 
     # --- cancel and cleanup ----------------------------------------------------------------
 
-    async def _cancel(self, job: st.Job) -> None:
-        s = self.ctl.store.sync
-        attempts: list[st.Attempt] = await self._db(s.attempts_of, job.id)
-        for a in attempts:
+    async def _cancel(self, snap: st.Snapshot) -> None:
+        for a in snap.attempts:
             if a.status != "ended":
-                await self._db(s.end_attempt, job.id, a.id, "cancelled", None, "cancelled")
-        await self._release_all()
-        await self._db(s.transition, job.id, st.CANCELLED, "cancelled by user",
+                await self._db(self.s.end_attempt, snap.job.id, a.id, "cancelled", None,
+                               "cancelled")
+        await self._release_all(snap.attempts)
+        await self._db(self.s.transition, snap.job.id, st.CANCELLED, "cancelled by user",
                        expect=frozenset({st.CANCELLING}))
 
     async def _terminate(self, attempt: st.Attempt) -> None:
@@ -367,12 +385,10 @@ class JobRunner:
     async def _release(self, attempt: st.Attempt) -> None:
         """Terminate an ended attempt's instances, then remember that they are gone."""
         await self._terminate(attempt)
-        await self._db(self.ctl.store.sync.mark_released, attempt.id)
-        self.ctl.go.discard(attempt.id)
+        await self._db(self.s.mark_released, attempt.id)
+        self.ctl.forget_attempt(attempt.id)
 
-    async def _release_all(self) -> None:
-        attempts: list[st.Attempt] = await self._db(self.ctl.store.sync.attempts_of, self.job_id)
+    async def _release_all(self, attempts: list[st.Attempt]) -> None:
         for a in attempts:
             if not a.released:
                 await self._release(a)
-

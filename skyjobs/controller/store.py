@@ -148,6 +148,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_pending ON outbox(delivered_at, job_id, hook, id);
     """,
+    """
+    CREATE TABLE prices (
+        cloud TEXT NOT NULL,
+        region TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        price REAL NOT NULL,
+        observed_at REAL NOT NULL,
+        PRIMARY KEY (cloud, region, zone, instance_type)
+    );
+    """,
 ]
 
 
@@ -200,6 +211,17 @@ class Attempt:
     def placement_label(self) -> str:
         kind = "spot" if self.use_spot else "on-demand"
         return f"{self.cloud}/{self.zone}/{self.instance_type}/{kind}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    job: Job
+    attempts: list[Attempt]
+    current: Attempt | None
+    nodes: dict[int, tuple[str, int | None]]
+
+
+ZoneEvent = tuple[Placement, str, float]  # (placement, kind, value) for preemption memory
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -276,7 +298,8 @@ class SyncStore:
                 " has_archive) VALUES (?, ?, ?, '', ?, ?, ?)",
                 (name, PENDING, json.dumps(task), now, now, int(has_archive)))
             job_id = int(cur.lastrowid or 0)
-            c.execute("UPDATE jobs SET task_id=? WHERE id=?", (f"{task_id_prefix}-{job_id}", job_id))
+            c.execute("UPDATE jobs SET task_id=? WHERE id=?",
+                      (f"{task_id_prefix}-{job_id}", job_id))
             self._event(c, job_id, "transition", None, PENDING, "submitted", now=now)
         return job_id
 
@@ -404,14 +427,23 @@ class SyncStore:
     def transition(self, job_id: int, target: str, reason: str, *,
                    expect: frozenset[str] | None = None, exit_code: int | None = None,
                    end_attempt: tuple[int, str] | None = None,
+                   running_attempt: int | None = None,
+                   zone_events: list[ZoneEvent] | None = None,
                    job_updates: dict[str, Any] | None = None) -> str:
-        """Compare-and-set the job's status, optionally end an attempt, write the event.
+        """Compare-and-set the job's status and write its event, in one transaction with
+        the attempt and preemption-memory changes that go with it.
 
         Returns the previous status. Raises IllegalTransitionError when the move is not in
         the state machine or the status is not one of ``expect``.
         """
         now = time.time()
         with self._tx() as c:
+            if running_attempt is not None:
+                c.execute("UPDATE attempts SET status='running', running_at=COALESCE("
+                          "running_at, ?) WHERE id=? AND status!='ended'",
+                          (now, running_attempt))
+            for event in zone_events or ():
+                self._zone_event(c, *event, now=now)
             updates = {"reason": reason, **(job_updates or {})}
             if exit_code is not None:
                 updates.setdefault("exit_code", exit_code)
@@ -472,15 +504,21 @@ class SyncStore:
         return a.n, a.placement_label()
 
     def end_attempt(self, job_id: int, attempt_id: int, end_reason: str,
-                    exit_code: int | None, info: str) -> None:
+                    exit_code: int | None, info: str,
+                    zone_events: list[ZoneEvent] | None = None) -> None:
         """End an attempt without a job transition (e.g. a launch that found no capacity)."""
         now = time.time()
         with self._tx() as c:
+            for event in zone_events or ():
+                self._zone_event(c, *event, now=now)
             n, label = self._end_attempt(c, attempt_id, end_reason, exit_code, now)
             self._event(c, job_id, "info", None, None, info, exit_code, n, label, now)
 
-    def set_attempt_status(self, attempt_id: int, status: str, *, running: bool = False) -> None:
+    def set_attempt_status(self, attempt_id: int, status: str, *, running: bool = False,
+                           zone_events: list[ZoneEvent] | None = None) -> None:
         with self._tx() as c:
+            for event in zone_events or ():
+                self._zone_event(c, *event, now=time.time())
             if running:
                 c.execute("UPDATE attempts SET status=?, running_at=COALESCE(running_at, ?)"
                           " WHERE id=? AND status!='ended'", (status, time.time(), attempt_id))
@@ -565,12 +603,37 @@ class SyncStore:
 
     # --- preemption memory -----------------------------------------------------------------
 
-    def record_zone_event(self, p: Placement, kind: str, value: float | None = None) -> None:
+    def record_zone_event(self, p: Placement, kind: str, value: float = 1.0) -> None:
         with self._tx() as c:
-            c.execute("INSERT INTO zone_events(cloud, region, zone, instance_type, use_spot,"
-                      " kind, at, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                      (p.cloud, p.region, p.zone, p.instance_type, int(p.use_spot), kind,
-                       time.time(), value))
+            self._zone_event(c, p, kind, value, now=time.time())
+
+    @staticmethod
+    def _zone_event(c: sqlite3.Connection, p: Placement, kind: str, value: float,
+                    now: float) -> None:
+        c.execute("INSERT INTO zone_events(cloud, region, zone, instance_type, use_spot,"
+                  " kind, at, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  (p.cloud, p.region, p.zone, p.instance_type, int(p.use_spot), kind, now,
+                   value))
+
+    def save_prices(self, rows: list[tuple[str, str, str, str, float, float]]) -> None:
+        with self._tx() as c:
+            c.executemany("INSERT INTO prices(cloud, region, zone, instance_type, price,"
+                          " observed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                          " price=excluded.price, observed_at=excluded.observed_at"
+                          " WHERE excluded.observed_at >= prices.observed_at", rows)
+
+    def load_prices(self) -> list[tuple[str, str, str, str, float, float]]:
+        rows = self.conn.execute("SELECT cloud, region, zone, instance_type, price, observed_at"
+                                 " FROM prices").fetchall()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def snapshot(self, job_id: int) -> Snapshot:
+        """Everything a job runner reads per step, in one round trip to the store thread."""
+        job = self.get_job(job_id)
+        attempts = self.attempts_of(job_id)
+        current = next((a for a in attempts if a.id == job.current_attempt), None)
+        nodes = self.nodes_of(current.id) if current is not None else {}
+        return Snapshot(job, attempts, current, nodes)
 
     def zone_events_since(self, since: float) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT * FROM zone_events WHERE at>=? ORDER BY id",

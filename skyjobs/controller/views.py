@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skyjobs.controller import store as st
+from skyjobs.pricing.catalog import Offering
+from skyjobs.pricing.prices import Quote
 from skyjobs.providers import base
 from skyjobs.recovery.policy import Ranked
 
@@ -82,6 +84,15 @@ def ranked_row(r: Ranked) -> dict[str, Any]:
             "accelerator": f"{o.accelerator}:{o.accelerator_count}" if o.accelerator else None,
             "vcpus": o.vcpus, "memory_gb": o.memory_gb, "price_per_hour": p.price_per_hour,
             "score": r.score, "reason": r.reason}
+
+
+def price_row(o: Offering, quote: Quote) -> dict[str, Any]:
+    return {"cloud": o.cloud, "region": o.region, "zone": o.zone,
+            "instance_type": o.instance_type,
+            "accelerator": f"{o.accelerator}:{o.accelerator_count}" if o.accelerator else None,
+            "ondemand_price": o.ondemand_price, "list_spot_price": o.spot_price,
+            "spot_price": quote.price, "status": quote.status,
+            "observed_at": quote.observed_at, "price_date": o.price_date, "source": o.source}
 
 
 def agent_task(ctl: Controller, job: st.Job, attempt: st.Attempt,

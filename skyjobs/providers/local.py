@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import math
 import os
 import signal
 import sys
 import time
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from skyjobs.exceptions import CapacityError, ProviderError
+from skyjobs.pricing.catalog import load_cloud
 from skyjobs.providers import base
 from skyjobs.providers.base import InstanceInfo, LaunchRequest
 from skyjobs.providers.local_instance import (
@@ -119,7 +122,7 @@ class LocalProvider:
         await self._run(lambda: kill_session(*sids, sig=signal.SIGTERM))
         # Give the hypervisors a moment to exit cleanly, without holding the loop or a thread.
         deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and await self._run(
+        while time.monotonic() < deadline and await self._run(  # noqa: ASYNC110 - /proc poll
                 lambda: any(process_alive(pid, ticks) for _, pid, ticks in live)):
             await asyncio.sleep(0.1)
         await self._run(lambda: kill_session(*sids, sig=signal.SIGKILL))
@@ -161,6 +164,23 @@ class LocalProvider:
                 pass
         except OSError as err:
             raise ProviderError(f"metadata endpoint did not answer: {err}") from None
+
+    async def spot_prices(self, keys: list[tuple[str, str, str]]
+                          ) -> list[tuple[str, str, str, float, float]]:
+        """The simulated market's current spot prices: the catalog price drifting +-10%
+        over a day, each zone on its own phase."""
+        now = time.time()
+        listed = {(o.region, o.zone, o.instance_type): o.spot_price
+                  for o in load_cloud("local") if o.spot_price is not None}
+        out = []
+        for key in keys:
+            base_price = listed.get(key)
+            if base_price is None:
+                continue
+            phase = zlib.crc32("/".join(key).encode()) % 1000 / 1000 * 2 * math.pi
+            drift = 1 + 0.1 * math.sin(2 * math.pi * now / 86400 + phase)
+            out.append((*key, round(base_price * drift, 4), now))
+        return out
 
     def list_instances(self) -> list[str]:
         return sorted(p.name for p in self.instances.iterdir() if p.is_dir())

@@ -78,7 +78,8 @@ def explain_no_match(spec: TaskSpec, catalog: Catalog) -> str:
     ]
     for key, value, known in checks:
         if value and value not in known:
-            return f"resources.{key}: {value!r} is not offered (enabled: {', '.join(sorted(known))})"
+            enabled = ", ".join(sorted(known))
+            return f"resources.{key}: {value!r} is not offered (enabled: {enabled})"
     names = {a.name.lower() for a in choice.accelerators}
     if names and not names & {a.lower() for a in catalog.accelerators()}:
         acc = ", ".join(sorted(catalog.accelerators()))

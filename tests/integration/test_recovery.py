@@ -64,7 +64,8 @@ def test_preempted_job_resumes_from_checkpoint_and_succeeds(controller: Any,
     assert [a["end_reason"] for a in attempts] == ["preempted", "succeeded"]
     # The zone that just preempted us cools down: the recovery goes elsewhere.
     assert attempts[0]["placement"] != attempts[1]["placement"]
-    assert all(a["released"] for a in attempts)
+    wait_for("every attempt's instances released", lambda: all(
+        a["released"] for a in ctl.job(job_id)["attempt_list"]))
     wait_for("no instance left running", lambda: not ctl.running_instances())
 
 

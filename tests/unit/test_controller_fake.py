@@ -15,8 +15,8 @@ from skyjobs.controller.daemon import Controller
 from skyjobs.providers.fake import FakeProvider
 
 
-async def until(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def until(what: str, check: Callable[[], Any], limit_s: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + limit_s
     while asyncio.get_running_loop().time() < deadline:
         value = await check() if asyncio.iscoroutinefunction(check) else check()
         if value:
