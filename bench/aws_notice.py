@@ -76,6 +76,7 @@ class World:
             Offering("aws", REGION, z, "m5.large", None, 0, 2, 8, 0.096, p, "2026-11-01",
                      "bench") for z, p in ZONES)
         self.polls = 0
+        self.poll_seconds = 0.0
 
     async def __aenter__(self) -> World:
         import aiohttp
@@ -84,7 +85,9 @@ class World:
 
         async def counted() -> None:
             self.polls += 1
+            t0 = time.monotonic()
             await original()
+            self.poll_seconds += time.monotonic() - t0
 
         self.ctl.poll_instances = counted  # type: ignore[method-assign]
         await self.ctl.start()
@@ -138,7 +141,7 @@ async def steady_state(w: World, n: int, window: float) -> dict[str, float]:
         await w.call("POST", "/api/v1/jobs", {"task": TASK})
     await wait(f"{n} launches", lambda: w.provider.calls["run_instances"] >= n, 900)
     await wait("every attempt provisioning", lambda: _all_provisioning(w, n), 300)
-    polls0, calls0 = w.polls, sum(w.provider.calls.values())
+    polls0, calls0, busy0 = w.polls, sum(w.provider.calls.values()), w.poll_seconds
     t0 = time.monotonic()
     await asyncio.sleep(window)  # the measurement window itself, not a wait for a condition
     elapsed = time.monotonic() - t0
@@ -146,6 +149,7 @@ async def steady_state(w: World, n: int, window: float) -> dict[str, float]:
     polls = w.polls - polls0
     per_min = calls * 60 / elapsed
     return {"jobs": n, "window_s": elapsed, "polls": polls, "calls": calls,
+            "poll_s": (w.poll_seconds - busy0) / max(polls, 1),
             "calls_per_poll": calls / max(polls, 1), "calls_per_min": per_min,
             "calls_per_job_per_min": per_min / n}
 
@@ -176,7 +180,7 @@ async def main() -> None:
                 async with World(moto, root / f"steady-{n}", boot=False) as w:
                     r = await steady_state(w, n, args.window)
                 say(f"{n} live jobs, 1 region, instance_poll_interval 10 s: {r['polls']} polls "
-                    f"in {r['window_s']:.0f}s, {r['calls']} EC2 calls "
+                    f"in {r['window_s']:.0f}s taking {r['poll_s']:.2f}s each, {r['calls']} EC2 calls "
                     f"({r['calls_per_poll']:.1f}/poll), {r['calls_per_min']:.1f} calls/min, "
                     f"{r['calls_per_job_per_min']:.4f} calls per job per minute")
     finally:

@@ -71,9 +71,9 @@ class Moto:
         self.run_calls.clear()
 
     def stop(self) -> None:
-        InstanceBackend.run_instances = self._orig_run  # type: ignore[method-assign]
-        SpotInstances.describe_spot_price_history = self._orig_prices  # type: ignore[method-assign]
-        TaggedEC2Resource.get_tags = self._orig_tags  # type: ignore[method-assign]
+        setattr(InstanceBackend, "run_instances", self._orig_run)  # noqa: B010
+        setattr(SpotInstances, "describe_spot_price_history", self._orig_prices)  # noqa: B010
+        setattr(TaggedEC2Resource, "get_tags", self._orig_tags)  # noqa: B010
         self.server.stop()
 
     # --- reaching into moto ----------------------------------------------------------------
@@ -132,9 +132,11 @@ class Moto:
             return [{"resource_id": rid, "key": k, "value": v, "resource_type": ""}
                     for k, v in tags.items()]
 
-        InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
-        TaggedEC2Resource.get_tags = get_tags  # type: ignore[method-assign]
-        SpotInstances.describe_spot_price_history = describe_spot_price_history  # type: ignore[method-assign]
+        # setattr: these replace moto's methods for the whole process, on purpose.
+        setattr(InstanceBackend, "run_instances", run_instances)  # noqa: B010
+        setattr(TaggedEC2Resource, "get_tags", get_tags)  # noqa: B010
+        setattr(SpotInstances, "describe_spot_price_history",  # noqa: B010
+                describe_spot_price_history)
 
 
 def _same_token(backend: Any, token: str | None, user_data: Any, zone: str | None) -> Any:

@@ -50,7 +50,7 @@ async def until(what: str, check: Callable[[], Awaitable[T | None] | T | None],
         if asyncio.iscoroutine(last):
             last = await last
         if last:
-            return last  # type: ignore[no-any-return]
+            return last
         await asyncio.sleep(interval)
     pytest.fail(f"timed out after {within:.0f}s waiting for {what} (last: {last!r})")
 
