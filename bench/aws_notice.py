@@ -180,7 +180,8 @@ async def main() -> None:
                 async with World(moto, root / f"steady-{n}", boot=False) as w:
                     r = await steady_state(w, n, args.window)
                 say(f"{n} live jobs, 1 region, instance_poll_interval 10 s: {r['polls']} polls "
-                    f"in {r['window_s']:.0f}s taking {r['poll_s']:.2f}s each, {r['calls']} EC2 calls "
+                    f"in {r['window_s']:.0f}s taking {r['poll_s']:.2f}s each, "
+                    f"{r['calls']} EC2 calls "
                     f"({r['calls_per_poll']:.1f}/poll), {r['calls_per_min']:.1f} calls/min, "
                     f"{r['calls_per_job_per_min']:.4f} calls per job per minute")
     finally:
