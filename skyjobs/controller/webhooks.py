@@ -120,8 +120,8 @@ def slack_body(payload: dict[str, Any]) -> dict[str, Any]:
     job = payload.get("job") or {}
     event = str(payload.get("event", "transition"))
     emoji = _SLACK_EMOJI.get(event, ":information_source:")
-    moved = f"{payload.get('from') or '-'} -> {payload.get('to') or '-'}"
-    head = _slack_escape(f"job {job.get('id')} ({job.get('name')}) {event}: {moved}")
+    moved = f"{payload.get('from') or '-'} \u2192 {payload.get('to') or '-'}"
+    head = f"job {job.get('id')} ({_slack_escape(str(job.get('name')))}) {event}: {moved}"
     reason = payload.get("reason")
     text = f"{emoji} skyjobs {head}" + (f": {_slack_escape(str(reason))}" if reason else "")
     details = [f"attempt {payload.get('attempt')}" if payload.get("attempt") else None,
@@ -270,8 +270,11 @@ class WebhookDispatcher:
         while True:
             self._wake.clear()
             await self._dispatch_due()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # races with the wake-up, and stop() would then wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
 
     async def _dispatch_due(self) -> None:
         # Ask for more than is in flight, or rows already being sent would hide the rest.
