@@ -13,15 +13,19 @@ Stdlib only: it must start fast and install anywhere.
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tarfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -40,19 +44,59 @@ def log(msg: str) -> None:
 
 
 class ControllerClient:
+    """HTTP to the controller over one kept-alive connection per thread (thousands of agents
+    reconnecting for every heartbeat would cost the controller more than the requests)."""
+
     def __init__(self, url: str, attempt_id: str, token: str, rank: int) -> None:
-        self.base = f"{url.rstrip('/')}/agent/v1/attempts/{attempt_id}"
+        parts = urllib.parse.urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.netloc = parts.netloc
+        self.base = f"{parts.path.rstrip('/')}/agent/v1/attempts/{attempt_id}"
         self.token = token
         self.rank = rank
+        self._local = threading.local()
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.https:
+                ctx = ssl.create_default_context(cafile=os.environ.get("SKYJOBS_CA_FILE"))
+                conn = http.client.HTTPSConnection(self.netloc, timeout=timeout, context=ctx)
+            else:
+                conn = http.client.HTTPConnection(self.netloc, timeout=timeout)
+            self._local.conn = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 ctype: str = "application/json", timeout: float = 10.0) -> bytes:
-        req = urllib.request.Request(f"{self.base}{path}", data=body, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
+        headers = {"Authorization": f"Bearer {self.token}"}
         if body is not None:
-            req.add_header("Content-Type", ctype)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return bytes(resp.read())
+            headers["Content-Type"] = ctype
+        for retry in (False, True):
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, f"{self.base}{path}", body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (http.client.HTTPException, OSError):
+                self._drop()
+                if retry:
+                    raise
+                continue  # a kept-alive connection the server had closed: reconnect once
+            if resp.status >= 400:
+                raise urllib.error.HTTPError(f"{self.netloc}{path}", resp.status, resp.reason,
+                                             resp.headers, io.BytesIO(data))
+            return data
+        raise AssertionError("unreachable")
 
     def call(self, method: str, path: str, payload: Any = None, timeout: float = 10.0) -> Any:
         body = None if payload is None else json.dumps(payload).encode()
@@ -68,7 +112,7 @@ class ControllerClient:
                 if 400 <= err.code < 500:
                     raise
                 problem = f"HTTP {err.code}"
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, http.client.HTTPException) as err:
                 problem = str(err)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what}: gave up: {problem}")
@@ -248,10 +292,25 @@ class Agent:
             self.proc = subprocess.Popen(["/bin/bash", "-c", script], cwd=cwd, env=env,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, process_group=0)
+            self._note_job_group(self.proc.pid)
             if self.noticed.is_set():
                 self._signal_job()
             code = self.proc.wait()
         return code if code >= 0 else 128 - code
+
+    def _note_job_group(self, pgid: int) -> None:
+        """On a local instance, tell the hypervisor which process groups are the job's, so
+        a termination can signal them without scanning every process."""
+        if self.fs_root is None:
+            return
+        path = self.fs_root.parent / "job-groups.json"
+        try:
+            known = json.loads(path.read_text()).get("pgids", []) if path.exists() else []
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"pgids": [*known, pgid]}))
+            os.replace(tmp, path)
+        except (OSError, ValueError) as err:
+            log(f"could not record the job's process group: {err}")
 
     # --- side threads ----------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from skyjobs.exceptions import (
     SpecError,
 )
 from skyjobs.recovery.placement import match, require_candidates
+from skyjobs.recovery.policy import memory_key
 from skyjobs.spec import TaskSpec, parse_task
 
 if TYPE_CHECKING:
@@ -425,8 +426,13 @@ async def _record_notice(ctl: Controller, attempt: st.Attempt, rank_: int, notic
             pass
     action = notice.get("action", "terminate") if isinstance(notice, dict) else "terminate"
     info = (f"preemption notice on node {rank_}: {action} in {max(0.0, deadline - now):.0f}s")
-    if await _db(ctl, ctl.store.sync.set_notice, attempt.job_id, attempt.id, now, deadline, info):
-        ctl.post(attempt.job_id, Message("notice", attempt.id, rank_))
+    placement = ctl.placement_of(attempt)
+    moved = await _db(ctl, ctl.store.sync.notice_and_recover, attempt.job_id, attempt.id, now,
+                      deadline, info, (placement, "preemption", 1.0))
+    if moved:
+        ctl.memory.record(memory_key(placement), "preemption", now)
+        ctl.on_recovery("preemption notice", attempt)
+    ctl.post(attempt.job_id, Message("notice", attempt.id, rank_))
 
 
 async def agent_logs(request: web.Request) -> web.Response:

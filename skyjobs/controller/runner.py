@@ -249,8 +249,14 @@ class JobRunner:
     async def _handle(self, snap: st.Snapshot, attempt: st.Attempt, msg: Message) -> None:
         if msg.attempt_id is not None and msg.attempt_id != attempt.id:
             await self._old_attempt_message(snap, msg)
-        elif msg.kind == "notice":
-            await self._recover(snap.job, attempt, None, "preemption notice", keep_running=True)
+        elif msg.kind == "notice" and snap.job.status in (st.RUNNING, st.PROVISIONING):
+            # The API moves the job to RECOVERING when it hears the notice; this covers a
+            # notice it recorded while the job was not the attempt's (a race with a retry).
+            fresh: st.Snapshot = await self._db(self.s.snapshot, self.job_id)
+            if fresh.job.status in (st.RUNNING, st.PROVISIONING) and fresh.current is not None \
+                    and fresh.current.id == attempt.id:
+                await self._recover(fresh.job, attempt, None, "preemption notice",
+                                    keep_running=True)
         elif msg.kind == "gone":
             info: base.InstanceInfo = msg.detail
             why = "preempted" if info.reason in (base.PREEMPTED, base.LOST) else "lost"

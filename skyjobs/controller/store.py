@@ -526,9 +526,11 @@ class SyncStore:
                 c.execute("UPDATE attempts SET status=? WHERE id=? AND status!='ended'",
                           (status, attempt_id))
 
-    def set_notice(self, job_id: int, attempt_id: int, at: float, deadline: float,
-                   info: str) -> bool:
-        """Record a preemption notice once; False when it was already known."""
+    def notice_and_recover(self, job_id: int, attempt_id: int, at: float, deadline: float,
+                           info: str, zone_event: ZoneEvent) -> bool:
+        """A preemption notice: record it and, when it is for the job's current attempt,
+        move the job to RECOVERING in the same transaction, so the controller acts the
+        moment it hears. Returns True when the job moved."""
         with self._tx() as c:
             cur = c.execute("UPDATE attempts SET notice_at=?, notice_deadline=? WHERE id=?"
                             " AND notice_at IS NULL", (at, deadline, attempt_id))
@@ -536,6 +538,17 @@ class SyncStore:
                 return False
             n = c.execute("SELECT n FROM attempts WHERE id=?", (attempt_id,)).fetchone()[0]
             self._event(c, job_id, "info", None, None, info, attempt=n, now=at)
+            job = c.execute("SELECT status, current_attempt, recovery_count FROM jobs"
+                            " WHERE id=?", (job_id,)).fetchone()
+            if job["current_attempt"] != attempt_id or job["status"] not in (RUNNING,
+                                                                             PROVISIONING):
+                return False
+            self._zone_event(c, *zone_event, now=at)
+            previous = self._cas(c, job_id, RECOVERING, None,
+                                 {"recovery_count": job["recovery_count"] + 1,
+                                  "reason": "preemption notice"}, at)
+            self._event(c, job_id, "transition", previous, RECOVERING, "preemption notice",
+                        attempt=n, now=at)
             return True
 
     def mark_released(self, attempt_id: int) -> None:

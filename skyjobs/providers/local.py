@@ -18,6 +18,7 @@ import time
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,16 @@ from skyjobs.providers.local_instance import (
     write_json_atomic,
 )
 
+JOB_GROUPS_FILE = "job-groups.json"  # written by the agent: process groups of its scripts
+
+
+@dataclass(frozen=True)
+class _Victim:
+    sid: int
+    pid: int
+    ticks: int | None
+    job_groups: tuple[int, ...]
+
 
 class LocalProvider:
     name = "local"
@@ -45,6 +56,8 @@ class LocalProvider:
         self._static_no_spot = set(no_spot_zones or [])
         # Blocking file and /proc work stays off the event loop.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="skyjobs-local")
+        self._sweep_sids: set[int] = set()
+        self._sweep_done: asyncio.Future[None] | None = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -118,17 +131,44 @@ class LocalProvider:
         live = [f for f in found if f is not None]
         if not live:
             return
-        sids = [sid for sid, _, _ in live]
-        await self._run(lambda: kill_session(*sids, sig=signal.SIGTERM))
-        # Give the hypervisors a moment to exit cleanly, without holding the loop or a thread.
+        # The hypervisor's group (it leads its session) and the job's group get a SIGTERM
+        # first, like a VM's shutdown; whatever is left is swept from /proc.
+        await self._run(self._signal_groups, live, signal.SIGTERM)
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and await self._run(  # noqa: ASYNC110 - /proc poll
-                lambda: any(process_alive(pid, ticks) for _, pid, ticks in live)):
+                lambda: any(process_alive(v.pid, v.ticks) for v in live)):
             await asyncio.sleep(0.1)
-        await self._run(lambda: kill_session(*sids, sig=signal.SIGKILL))
+        await self._sweep([v.sid for v in live])
 
-    def _tombstone(self, instance_id: str) -> tuple[int, int, int | None] | None:
-        """Mark the instance terminated (under the boot lock); return (sid, pid, ticks)."""
+    @staticmethod
+    def _signal_groups(live: list[_Victim], sig: int) -> None:
+        for victim in live:
+            for group in (victim.sid, *victim.job_groups):
+                try:
+                    os.killpg(group, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    async def _sweep(self, sids: list[int]) -> None:
+        """SIGKILL what is left of these sessions. Scanning /proc is the costly part, so
+        concurrent terminations share one scan."""
+        self._sweep_sids.update(sids)
+        if self._sweep_done is None:
+            self._sweep_done = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.05, self._start_sweep)
+        await asyncio.shield(self._sweep_done)
+
+    def _start_sweep(self) -> None:
+        done, sids = self._sweep_done, sorted(self._sweep_sids)
+        self._sweep_done, self._sweep_sids = None, set()
+        assert done is not None
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: kill_session(*sids, sig=signal.SIGKILL))
+        future.add_done_callback(lambda f: done.set_exception(e) if (
+            e := f.exception()) else done.set_result(None))
+
+    def _tombstone(self, instance_id: str) -> _Victim | None:
+        """Mark the instance terminated (under the boot lock); return what to kill."""
         directory = self.instances / instance_id
         if not directory.exists():
             return None
@@ -144,7 +184,9 @@ class LocalProvider:
             sid, pid, ticks = state.get("sid"), state.get("pid"), state.get("start_ticks")
             if not (isinstance(sid, int) and isinstance(pid, int)):
                 return None
-            return sid, pid, ticks if isinstance(ticks, int) else None
+            groups = (read_json(directory / JOB_GROUPS_FILE) or {}).get("pgids", [])
+            return _Victim(sid, pid, ticks if isinstance(ticks, int) else None,
+                           tuple(g for g in groups if isinstance(g, int)))  # type: ignore[union-attr]
         finally:
             os.close(lock_fd)
 

@@ -94,13 +94,30 @@ def test_node_phase_reports_are_idempotent_and_exit_is_final(db: st.SyncStore) -
     assert db.nodes_of(a.id) == {0: ("exited", 3)}
 
 
-def test_notice_is_recorded_once(db: st.SyncStore) -> None:
+def test_notice_moves_to_recovering_once_in_one_transaction(db: st.SyncStore) -> None:
     job = db.create_job("j", {"spec": {}}, False, "sky")
     a = db.begin_attempt(job, placement(), 1, "sjx", "first")
-    assert db.set_notice(job, a.id, 10.0, 130.0, "notice")
-    assert not db.set_notice(job, a.id, 11.0, 131.0, "notice again")
+    db.transition(job, st.RUNNING, "running")
+    event = (placement(), "preemption", 1.0)
+    assert db.notice_and_recover(job, a.id, 10.0, 130.0, "notice", event)
+    assert not db.notice_and_recover(job, a.id, 11.0, 131.0, "notice again", event)
     got = db.get_attempt(a.id)
     assert (got.notice_at, got.notice_deadline) == (10.0, 130.0)
+    assert got.status != "ended"  # the old attempt keeps running to checkpoint
+    j = db.get_job(job)
+    assert (j.status, j.recovery_count) == (st.RECOVERING, 1)
+    assert transitions(db, job)[-1] == ("RUNNING", "RECOVERING")
+    assert [e["kind"] for e in db.zone_events_since(0)] == ["preemption"]
+
+
+def test_notice_for_a_cancelling_job_is_recorded_but_does_not_move_it(db: st.SyncStore) -> None:
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    a = db.begin_attempt(job, placement(), 1, "sjx", "first")
+    db.transition(job, st.CANCELLING, "cancel")
+    assert not db.notice_and_recover(job, a.id, 10.0, 130.0, "notice",
+                                     (placement(), "preemption", 1.0))
+    assert db.get_job(job).status == st.CANCELLING
+    assert db.get_attempt(a.id).notice_at == 10.0
 
 
 def test_migrations_build_the_schema_from_scratch_and_reopen(tmp_path: Path) -> None:
