@@ -71,6 +71,9 @@ class ControllerConfig(BaseSettings):
     launch_backoff_factor: float = Field(default=1.6, ge=1)
     launch_backoff_max: float = Field(default=300.0, ge=0)
     max_launch_rounds: int = Field(default=20, ge=1)
+    # Launch calls in flight at once, across jobs: clouds throttle bursts of launch calls,
+    # and a mass preemption should not starve the controller of everything else.
+    max_concurrent_launches: int = Field(default=16, ge=1)
     # A zone that just preempted a job is ranked last for this long.
     zone_cooldown: float = Field(default=1800.0, ge=0)
     # Placement's cost model: seconds from launch to useful work (boot, setup, checkpoint

@@ -71,6 +71,7 @@ class Controller:
         self.silent_since: dict[int, float] = {}
         self.attempt_jobs: dict[int, int] = {}
         self.recoveries_by_reason: dict[str, int] = {}
+        self.launch_slots = asyncio.Semaphore(config.max_concurrent_launches)
         self.memory = PreemptionMemory()
         self.price_book = PriceBook(config.price_max_age)
         self.url = ""

@@ -172,7 +172,8 @@ class JobRunner:
         provider = self.ctl.providers[attempt.cloud]
         placement = self.ctl.placement_of(attempt)
         try:
-            await provider.launch(self.ctl.launch_request(job, attempt))
+            async with self.ctl.launch_slots:
+                await provider.launch(self.ctl.launch_request(job, attempt))
         except CapacityError as err:
             self.tried.add(self._key(placement))
             await self._give_up_attempt(job, attempt, "no_capacity", f"no capacity: {err}",
