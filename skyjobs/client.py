@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -32,8 +33,10 @@ class Client:
         req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        ctx = ssl.create_default_context(cafile=os.environ.get("SKYJOBS_CA_FILE")) \
+            if url.startswith("https:") else None
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             raise ApiError(err.code, _error_text(err)) from None

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ from skyjobs.recovery.memory import PreemptionMemory
 log = structlog.get_logger("skyjobs.controller")
 
 RUNNER_RESTART_DELAY = 5.0
+ORPHAN_SWEEP_INTERVAL = 300.0
 MEMORY_HORIZON = 14 * 24 * 3600.0  # preemption evidence older than this has faded away
 
 
@@ -105,17 +107,28 @@ class Controller:
                                    shutdown_timeout=2.0)
         await self._http.setup()
         site = web.TCPSite(self._http, self.config.host, self._port(),
-                           ssl_context=None, reuse_address=True)
+                           ssl_context=self._ssl_context(), reuse_address=True)
         await site.start()
         port = self._http.addresses[0][1]
         (self.state_dir / "port").write_text(str(port))
-        self.url = f"http://{self._url_host()}:{port}"
+        scheme = "https" if self.config.tls_cert else "http"
+        self.url = f"{scheme}://{self._url_host()}:{port}"
         await self._resume()
         self._start_scheduler()
         write_secret_file(self.state_dir / "controller.json",
                           json.dumps({"url": self.url, "pid": os.getpid()}))
         log.info("controller started", url=self.url, state_dir=str(self.state_dir),
                  live_jobs=len(self.runners))
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.config.tls_cert is None or self.config.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"tls_cert/tls_key: cannot load: {err}") from None
+        return ctx
 
     def _port(self) -> int:
         """Port 0 picks a free port once and keeps it: agents of running jobs carry the
@@ -183,6 +196,9 @@ class Controller:
         self._scheduler = AsyncIOScheduler()
         self._scheduler.add_job(self.poll_instances, "interval", id="poll_instances",
                                 seconds=self.config.instance_poll_interval,
+                                max_instances=1, coalesce=True)
+        self._scheduler.add_job(self.sweep_orphans, "interval", id="sweep_orphans",
+                                seconds=ORPHAN_SWEEP_INTERVAL, next_run_time=datetime.now(UTC),
                                 max_instances=1, coalesce=True)
         self._scheduler.add_job(self.poll_prices, "interval", id="poll_prices",
                                 seconds=self.config.price_poll_interval,
@@ -320,6 +336,25 @@ class Controller:
                 self.post(a.job_id, Message("gone", a.id, detail=gone[0]))
             elif a.status == "running" and all(i in infos for i in a.instance_ids):
                 await self._check_silence(a, now)
+
+    async def sweep_orphans(self) -> None:
+        """Terminate instances this controller launched that no unreleased attempt owns.
+
+        Attempts are recorded before any launch, so an orphan means someone else's mistake
+        (or a bug); each one is logged."""
+        owned = {i for a in await self.store.call(self.store.sync.unreleased_attempts)
+                 for i in a.instance_ids}
+        for cloud, provider in self.providers.items():
+            lister = getattr(provider, "list_owned", None)
+            if lister is None:
+                continue
+            try:
+                orphans = [i for i in await lister(self.instance_prefix) if i not in owned]
+                if orphans:
+                    log.warning("terminating orphan instances", cloud=cloud, ids=orphans)
+                    await provider.terminate(orphans)
+            except ProviderError as err:
+                log.warning("orphan sweep failed", cloud=cloud, error=str(err))
 
     async def _check_silence(self, a: st.Attempt, now: float) -> None:
         nodes = await self.store.call(self.store.sync.nodes_of, a.id)

@@ -224,8 +224,14 @@ class LocalProvider:
             out.append((*key, round(base_price * drift, 4), now))
         return out
 
-    def list_instances(self) -> list[str]:
-        return sorted(p.name for p in self.instances.iterdir() if p.is_dir())
+    async def list_owned(self, prefix: str) -> list[str]:
+        """Instances launched by the controller with this id prefix that are not terminated."""
+        def scan() -> list[str]:
+            return sorted(p.name for p in self.instances.iterdir()
+                          if p.name.startswith(f"{prefix}-")
+                          and (read_json(p / STATE_FILE) or {}).get("state") != "terminated")
+        result: list[str] = await self._run(scan)
+        return result
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -168,3 +168,35 @@ def test_failover_to_a_zone_with_capacity(controller: Any) -> None:
     assert done["status"] == "SUCCEEDED"
     places = [a["placement"] for a in done["attempt_list"]]
     assert places[0].startswith("local/local-a/") and places[-1].startswith("local/local-b/")
+
+
+def test_orphan_instances_of_this_controller_are_terminated_at_start(controller: Any) -> None:
+    import asyncio
+    import sqlite3
+
+    from skyjobs.pricing.catalog import Placement, load_cloud
+    from skyjobs.providers.base import LaunchRequest
+    from skyjobs.providers.local import LocalProvider
+
+    ctl = controller()
+    assert ctl.stop() == 0
+    cid = sqlite3.connect(ctl.state_dir / "skyjobs.db").execute(
+        "SELECT value FROM meta WHERE key='controller_id'").fetchone()[0]
+    offering = load_cloud("local")[0]
+    orphan, stranger = f"sj{cid}-999-1-0", "someone-else-1"
+    provider = LocalProvider(ctl.state_dir / "local-cloud")
+
+    async def boot() -> None:
+        for name in (orphan, stranger):
+            await provider.launch(LaunchRequest(
+                job_id=999, attempt_id=999, placement=Placement(offering, False, 0.1),
+                instance_ids=[name], agent_env=[{"SKYJOBS_CONTROLLER_URL": "http://127.0.0.1:9",
+                                                 "SKYJOBS_ATTEMPT_ID": "999",
+                                                 "SKYJOBS_AGENT_TOKEN": "x"}]))
+        await provider.close()
+
+    asyncio.run(boot())
+    assert set(ctl.running_instances()) == {orphan, stranger}
+    ctl.start()
+    wait_for("the orphan to be terminated", lambda: ctl.running_instances() == [stranger])
+    assert "terminating orphan instances" in ctl.log_tail()
