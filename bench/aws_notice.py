@@ -77,6 +77,7 @@ class World:
                      "bench") for z, p in ZONES)
         self.polls = 0
         self.poll_seconds = 0.0
+        self.per_poll: list[int] = []  # DescribeInstances calls made by each whole poll
 
     async def __aenter__(self) -> World:
         import aiohttp
@@ -85,9 +86,10 @@ class World:
 
         async def counted() -> None:
             self.polls += 1
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), self.provider.calls["describe_instances"]
             await original()
             self.poll_seconds += time.monotonic() - t0
+            self.per_poll.append(self.provider.calls["describe_instances"] - c0)
 
         self.ctl.poll_instances = counted  # type: ignore[method-assign]
         await self.ctl.start()
@@ -142,15 +144,19 @@ async def steady_state(w: World, n: int, window: float) -> dict[str, float]:
     await wait(f"{n} launches", lambda: w.provider.calls["run_instances"] >= n, 900)
     await wait("every attempt provisioning", lambda: _all_provisioning(w, n), 300)
     polls0, calls0, busy0 = w.polls, sum(w.provider.calls.values()), w.poll_seconds
+    ops0 = dict(w.provider.calls)
     t0 = time.monotonic()
     await asyncio.sleep(window)  # the measurement window itself, not a wait for a condition
     elapsed = time.monotonic() - t0
     calls = sum(w.provider.calls.values()) - calls0
+    by_op = {op: n - ops0.get(op, 0) for op, n in w.provider.calls.items()
+             if n - ops0.get(op, 0)}
     polls = w.polls - polls0
     per_min = calls * 60 / elapsed
-    return {"jobs": n, "window_s": elapsed, "polls": polls, "calls": calls,
+    return {"jobs": n, "window_s": elapsed, "polls": polls, "calls": calls, "by_op": by_op,
             "poll_s": (w.poll_seconds - busy0) / max(polls, 1),
-            "calls_per_poll": calls / max(polls, 1), "calls_per_min": per_min,
+            "calls_per_poll": statistics.median(w.per_poll[-max(polls, 1):] or [0]),
+            "calls_per_min": per_min,
             "calls_per_job_per_min": per_min / n}
 
 
@@ -182,8 +188,10 @@ async def main() -> None:
                 say(f"{n} live jobs, 1 region, instance_poll_interval 10 s: {r['polls']} polls "
                     f"in {r['window_s']:.0f}s taking {r['poll_s']:.2f}s each, "
                     f"{r['calls']} EC2 calls "
-                    f"({r['calls_per_poll']:.1f}/poll), {r['calls_per_min']:.1f} calls/min, "
-                    f"{r['calls_per_job_per_min']:.4f} calls per job per minute")
+                    f"({r['calls_per_poll']:g} DescribeInstances per poll), "
+                    f"{r['calls_per_min']:.1f} calls/min, "
+                    f"{r['calls_per_job_per_min']:.4f} calls per job per minute; "
+                    f"by operation {r['by_op']}")
     finally:
         moto.stop()
 

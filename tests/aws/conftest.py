@@ -142,11 +142,16 @@ class Api:
 
 
 @pytest.fixture
-async def controller(provider: Any, fleet: Any, tmp_path: Path) -> AsyncIterator[Any]:
+async def controller(provider: Any, fleet: Any, moto: Any,
+                     tmp_path: Path) -> AsyncIterator[Any]:
     """A real controller in this event loop, whose aws provider talks to moto."""
     from skyjobs.config import load_config
     from skyjobs.controller.daemon import Controller
 
+    # The price poller reads live spot prices: moto's placeholder would make every zone
+    # cost the same, so serve the list prices as the live ones.
+    for _region, zone, price in OFFERINGS:
+        moto.prices[(zone, "m5.large")] = (price, time.time())
     config = load_config(state_dir=tmp_path / "state", port=0, clouds=["aws"], **FAST)
     ctl = Controller(config, providers={"aws": provider})
     ctl.catalog = catalog()
