@@ -638,7 +638,7 @@ class SyncStore:
     def load_prices(self) -> list[tuple[str, str, str, str, float, float]]:
         rows = self.conn.execute("SELECT cloud, region, zone, instance_type, price, observed_at"
                                  " FROM prices").fetchall()
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def snapshot(self, job_id: int) -> Snapshot:
         """Everything a job runner reads per step, in one round trip to the store thread."""

@@ -69,11 +69,11 @@ class LocalProvider:
 
     def no_spot_zones(self) -> set[str]:
         market = read_json(self._market_path()) or {}
-        return self._static_no_spot | set(market.get("no_spot_zones", []))  # type: ignore[arg-type]
+        return self._static_no_spot | set(market.get("no_spot_zones", []))
 
     def set_spot_capacity(self, zone: str, available: bool) -> list[str]:
         market = read_json(self._market_path()) or {}
-        zones = set(market.get("no_spot_zones", []))  # type: ignore[arg-type]
+        zones = set(market.get("no_spot_zones", []))
         (zones.discard if available else zones.add)(zone)
         write_json_atomic(self._market_path(), {**market, "no_spot_zones": sorted(zones)})
         return sorted(self.no_spot_zones())
@@ -186,7 +186,7 @@ class LocalProvider:
                 return None
             groups = (read_json(directory / JOB_GROUPS_FILE) or {}).get("pgids", [])
             return _Victim(sid, pid, ticks if isinstance(ticks, int) else None,
-                           tuple(g for g in groups if isinstance(g, int)))  # type: ignore[union-attr]
+                           tuple(g for g in groups if isinstance(g, int)))
         finally:
             os.close(lock_fd)
 
