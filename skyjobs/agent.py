@@ -319,14 +319,15 @@ class Agent:
         log(f"preemption notice: {notice}")
         # The job checkpoints in parallel with the report: every second of notice counts.
         self._signal_job()
-        threading.Thread(target=self._report_notice, args=(notice,), daemon=True,
+        threading.Thread(target=self._report_notice, args=(notice, time.time()), daemon=True,
                          name="notice-report").start()
         if self.buckets.has_copy:
             self._upload("notice")
 
-    def _report_notice(self, notice: dict[str, Any]) -> None:
+    def _report_notice(self, notice: dict[str, Any], seen_at: float) -> None:
         try:
-            self.client.report({"kind": "notice", "notice": notice}, budget=30.0)
+            self.client.report({"kind": "notice", "notice": notice, "seen_at": seen_at},
+                               budget=30.0)
         except (TimeoutError, OSError, urllib.error.HTTPError) as err:
             log(f"could not report the notice: {err}")
 

@@ -359,6 +359,24 @@ def prices(obj: Ctx, accelerator: str | None, cloud: str | None, as_json: bool) 
                              "SPOT", "SPOT PRICE IS"]))
 
 
+@main.group()
+def webhooks() -> None:
+    """Webhooks configured in the controller's config.yaml."""
+
+
+@webhooks.command("test")
+@click.argument("name")
+@pass_ctx
+def webhooks_test(obj: Ctx, name: str) -> None:
+    """Send a sample event to webhook NAME now and show the receiver's answer."""
+    reply = obj.client().post("/api/v1/webhooks/test", {"name": name})
+    if reply["ok"]:
+        click.echo(f"{name}: delivered (HTTP {reply['status']}), delivery {reply['delivery']}")
+        return
+    click.echo(f"{name}: not delivered: {reply['error']}", err=True)
+    sys.exit(1)
+
+
 def _register_extra_commands() -> None:
     from skyjobs.demo import demo
     from skyjobs.simulate_cli import simulate

@@ -95,6 +95,8 @@ class ControllerConfig(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     webhooks: list[WebhookConfig] = []
+    # GET /metrics needs the API token unless this is set (a port only Prometheus reaches).
+    metrics_public: bool = False
     # systemd watchdog: the daemon pings at half of WATCHDOG_USEC when systemd asks.
 
     @model_validator(mode="after")

@@ -59,7 +59,7 @@ def _error(status: int, message: str) -> web.Response:
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctl = request.app[CTL]
     path = request.path
-    if path.startswith("/api/"):
+    if path.startswith("/api/") or (path == "/metrics" and not ctl.config.metrics_public):
         if not _bearer_ok(request, ctl.token):
             return _error(401, "unauthorized")
     elif path.startswith("/agent/"):
@@ -144,6 +144,7 @@ async def submit(request: web.Request) -> web.Response:
     task = {"spec": spec.model_dump(mode="json"), "archive": archive,
             "local_mounts": list(spec.local_mounts())}
     job_id = await _db(ctl, ctl.store.sync.create_job, name, task, archive is not None, "sky")
+    ctl.wake_webhooks()
     ctl.start_runner(job_id)
     log.info("job submitted", job_id=job_id, name=name)
     return web.json_response({"id": job_id, "name": name, "status": st.PENDING}, status=201)
@@ -259,6 +260,7 @@ async def cancel(request: web.Request) -> web.Response:
             await _db(ctl, ctl.store.sync.transition, job_id, st.CANCELLING,
                       "cancel requested", expect=cancellable)
             done.append(job_id)
+            ctl.wake_webhooks()
             ctl.start_runner(job_id)
             ctl.post(job_id, Message("cancel"))
         except (NotFoundError, IllegalTransitionError) as err:
@@ -339,6 +341,21 @@ async def health(request: web.Request) -> web.Response:
                               "live_runners": len(ctl.runners)})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = await request.app[CTL].render_metrics()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def webhook_test(request: web.Request) -> web.Response:
+    ctl = request.app[CTL]
+    name = (await _json(request)).get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("name must be the name of a configured webhook")
+    if ctl.webhooks is None:
+        raise NotFoundError("webhooks are not running")
+    return web.json_response(await ctl.webhooks.send_test(name))
+
+
 # --- agent API -----------------------------------------------------------------------------
 
 async def _attempt(request: web.Request) -> st.Attempt:
@@ -397,7 +414,7 @@ async def agent_event(request: web.Request) -> web.Response:
     s = ctl.store.sync
     ctl.last_seen[(attempt.id, rank_)] = time.time()
     if kind == "notice" or (kind == "exit" and body.get("noticed")):
-        await _record_notice(ctl, attempt, rank_, body.get("notice"))
+        await _record_notice(ctl, attempt, rank_, body.get("notice"), body.get("seen_at"))
     if kind == "phase":
         phase = body.get("phase")
         if phase not in ("setup", "ready", "running"):
@@ -416,7 +433,8 @@ async def agent_event(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-async def _record_notice(ctl: Controller, attempt: st.Attempt, rank_: int, notice: Any) -> None:
+async def _record_notice(ctl: Controller, attempt: st.Attempt, rank_: int, notice: Any,
+                         seen_at: Any = None) -> None:
     now = time.time()
     deadline = now + 120.0
     if isinstance(notice, dict) and isinstance(notice.get("time"), str):
@@ -432,6 +450,11 @@ async def _record_notice(ctl: Controller, attempt: st.Attempt, rank_: int, notic
     if moved:
         ctl.memory.record(memory_key(placement), "preemption", now)
         ctl.on_recovery("preemption notice", attempt)
+        ctl.wake_webhooks()
+        if isinstance(seen_at, int | float) and 0 <= time.time() - seen_at < 3600:
+            # From the agent seeing the notice to RECOVERING recorded (clocks may differ
+            # a little between hosts; NTP keeps that well under the latencies of interest).
+            ctl.metrics.notice_latency(time.time() - seen_at)
     ctl.post(attempt.job_id, Message("notice", attempt.id, rank_))
 
 
@@ -472,6 +495,8 @@ def make_app(ctl: Controller) -> web.Application:
         web.post("/api/v1/plan", plan),
         web.get("/api/v1/prices", prices),
         web.post("/api/v1/local/capacity", capacity),
+        web.post("/api/v1/webhooks/test", webhook_test),
+        web.get("/metrics", metrics),
         web.get("/agent/v1/attempts/{attempt}/task", agent_task),
         web.get("/agent/v1/attempts/{attempt}/archive", agent_archive),
         web.post("/agent/v1/attempts/{attempt}/heartbeat", agent_heartbeat),

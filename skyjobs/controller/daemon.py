@@ -26,8 +26,11 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from skyjobs.config import ControllerConfig
+from skyjobs.controller import sdnotify
 from skyjobs.controller import store as st
+from skyjobs.controller.metrics import InstrumentedProvider, Metrics
 from skyjobs.controller.runner import JobRunner, Message
+from skyjobs.controller.webhooks import WebhookDispatcher, store_hooks
 from skyjobs.exceptions import ConfigError, ProviderError
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
 from skyjobs.pricing.prices import PriceBook
@@ -40,6 +43,9 @@ log = structlog.get_logger("skyjobs.controller")
 
 RUNNER_RESTART_DELAY = 5.0
 ORPHAN_SWEEP_INTERVAL = 300.0
+# The store must answer a probe this often, or the systemd watchdog stops being fed.
+HEALTH_PROBE_INTERVAL = 5.0
+HEALTH_STALE_AFTER = 20.0
 MEMORY_HORIZON = 14 * 24 * 3600.0  # preemption evidence older than this has faded away
 
 
@@ -74,6 +80,9 @@ class Controller:
         self.attempt_jobs: dict[int, int] = {}
         self.recoveries_by_reason: dict[str, int] = {}
         self.launch_slots = asyncio.Semaphore(config.max_concurrent_launches)
+        self.metrics = Metrics(hooks=[w.name for w in config.webhooks])
+        self.webhooks: WebhookDispatcher | None = None
+        self._store_ok_at = 0.0
         self.memory = PreemptionMemory()
         self.price_book = PriceBook(config.price_max_age)
         self.url = ""
@@ -93,13 +102,13 @@ class Controller:
             (self.state_dir / sub).mkdir(exist_ok=True)
         self.token = read_or_create_secret(self.state_dir / "token")
         self.secret = read_or_create_secret(self.state_dir / "agent-secret").encode()
-        hooks = {w.name: frozenset(w.events) for w in self.config.webhooks}
-        self.store = st.Store(self.config.db_path, hooks)
+        self.store = st.Store(self.config.db_path, store_hooks(self.config.webhooks))
         os.chmod(self.config.db_path, 0o600)  # it holds task secrets
         cid = await self.store.call(self.store.sync.get_or_set_meta, "controller_id",
                                     secrets.token_hex(3))
         self.instance_prefix = f"sj{cid}"
         self._make_providers()
+        self.webhooks = WebhookDispatcher(self.store, self.config.webhooks, metrics=self.metrics)
         from skyjobs.controller.api import make_app  # late: api imports this module
 
         # Held long-polls must not hold up a shutdown for aiohttp's default minute.
@@ -115,6 +124,13 @@ class Controller:
         self.url = f"{scheme}://{self._url_host()}:{port}"
         await self._resume()
         self._start_scheduler()
+        self._store_ok_at = time.time()  # it just answered every resume query
+        await self.webhooks.start()
+        self._watch(self.webhooks.task)
+        self._watch(asyncio.create_task(self._probe_store(), name="health-probe"))
+        if sdnotify.watchdog_interval() is not None:  # systemd asked for pings
+            self._watch(asyncio.create_task(
+                sdnotify.watchdog_loop(self.healthy, self.status_line), name="watchdog"))
         write_secret_file(self.state_dir / "controller.json",
                           json.dumps({"url": self.url, "pid": os.getpid()}))
         log.info("controller started", url=self.url, state_dir=str(self.state_dir),
@@ -161,6 +177,25 @@ class Controller:
                                                       self.config.local_no_spot_zones)
             else:
                 raise ConfigError(f"clouds: provider {cloud!r} is not available in this build")
+        # Every cloud call is timed and counted; extras (set_spot_capacity) pass through.
+        self.providers = {c: p if isinstance(p, InstrumentedProvider)
+                          else InstrumentedProvider(p, self.metrics)
+                          for c, p in self.providers.items()}
+
+    def _watch(self, task: asyncio.Task[Any] | None) -> None:
+        """A side task that ends on its own is a bug: stop loudly rather than limp."""
+        if task is None:
+            return
+        self._side_tasks.append(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if t.cancelled() or self._stop.is_set():
+                return
+            log.error("side task died; stopping", task=t.get_name(),
+                      error=repr(t.exception()) if t.exception() else None)
+            self._stop.set()
+
+        task.add_done_callback(done)
 
     async def _load_evidence(self) -> None:
         """Rebuild the preemption memory and the price book from the store."""
@@ -281,6 +316,41 @@ class Controller:
     def on_recovery(self, reason: str, attempt: st.Attempt) -> None:
         cause = reason.split(" (")[0].split(":")[0]
         self.recoveries_by_reason[cause] = self.recoveries_by_reason.get(cause, 0) + 1
+        self.metrics.recovery(cause)
+        if attempt.notice_at is not None:
+            self.metrics.notice_latency(time.time() - attempt.notice_at)
+
+    def wake_webhooks(self) -> None:
+        """Called after a transition: deliver its webhooks now, not at the next poll."""
+        if self.webhooks is not None:
+            self.webhooks.wake()
+
+    # --- health and metrics ----------------------------------------------------------------
+
+    async def _probe_store(self) -> None:
+        while True:
+            await self.store.call(self.store.sync.schema_version)
+            self._store_ok_at = time.time()
+            await asyncio.sleep(HEALTH_PROBE_INTERVAL)
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the loop runs (we are called) and the store answers."""
+        return time.time() - self._store_ok_at < HEALTH_STALE_AFTER
+
+    def status_line(self) -> str:
+        return f"{len(self.runners)} live jobs"
+
+    async def render_metrics(self) -> tuple[bytes, str]:
+        now = time.time()
+        counts = await self.store.call(self.store.sync.count_jobs)
+        outbox = await self.store.call(self.store.sync.outbox_stats)
+        usage = await self.store.call(self.store.sync.usage_by_offering, now)
+        cost = on_demand = 0.0
+        for u in usage:
+            offering = self.offering_of(u["cloud"], u["zone"], u["instance_type"])
+            cost += u["cost"]
+            on_demand += u["node_hours"] * offering.ondemand_price if offering else u["cost"]
+        return self.metrics.render(counts, outbox["backlog"], cost, on_demand - cost)
 
     def forget_attempt(self, attempt_id: int) -> None:
         """Drop in-memory bookkeeping of an attempt whose instances are gone."""
@@ -382,11 +452,11 @@ class Controller:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
-        notify("READY=1\nSTATUS=controller running")
+        sdnotify.notify("READY=1\nSTATUS=controller running")
         try:
             await self._stop.wait()
         finally:
-            notify("STOPPING=1")
+            sdnotify.notify("STOPPING=1")
             await self.shutdown()
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
@@ -397,6 +467,11 @@ class Controller:
             waiter.set()  # answer held heartbeats now; agents retry against the next start
         if self._http is not None:
             await self._http.cleanup()
+        for side in self._side_tasks:
+            side.cancel()
+        if self.webhooks is not None:
+            # Before the store closes; what is not delivered stays queued for the next start.
+            await self.webhooks.stop(grace=2.0)
         tasks = list(self.runner_tasks.values())
         for t in tasks:
             t.cancel()
@@ -412,19 +487,3 @@ class Controller:
             self._lock_fd = None
         log.info("controller stopped")
 
-
-def notify(message: str) -> None:
-    """sd_notify without a library: one datagram to $NOTIFY_SOCKET, if systemd gave one."""
-    import socket
-
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(path)
-            sock.sendall(message.encode())
-        except OSError as err:
-            log.warning("sd_notify failed", error=str(err))

@@ -102,7 +102,10 @@ class JobRunner:
         self.inbox.put_nowait(msg)
 
     async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await self.ctl.store.call(fn, *args, **kwargs)
+        result = await self.ctl.store.call(fn, *args, **kwargs)
+        if fn in (self.s.transition, self.s.begin_attempt):
+            self.ctl.wake_webhooks()  # a transition may have queued deliveries
+        return result
 
     @property
     def s(self) -> st.SyncStore:

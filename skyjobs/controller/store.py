@@ -399,6 +399,16 @@ class SyncStore:
             c.execute("UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=?"
                       " WHERE id=?", (next_at, error[:500], outbox_id))
 
+    def usage_by_offering(self, now: float) -> list[dict[str, Any]]:
+        """Node-hours and cost of every attempt ever, summed per offering (for metrics)."""
+        rows = self.conn.execute(
+            "SELECT cloud, zone, instance_type, use_spot,"
+            " SUM(MAX(0, COALESCE(ended_at, ?) - created_at) / 3600.0 * num_nodes) AS node_hours,"
+            " SUM(MAX(0, COALESCE(ended_at, ?) - created_at) / 3600.0 * num_nodes"
+            " * price_per_hour) AS cost FROM attempts"
+            " GROUP BY cloud, zone, instance_type, use_spot", (now, now)).fetchall()
+        return [dict(r) for r in rows]
+
     def outbox_stats(self) -> dict[str, int]:
         row = self.conn.execute(
             "SELECT COUNT(*) AS backlog, COALESCE(SUM(attempts > 0), 0) AS retrying"

@@ -37,6 +37,15 @@ def train_task(tmp_path: Path, mode: str = "MOUNT", nodes: int = 1, steps: int =
     return path
 
 
+def scrape(ctl: ControllerProc) -> str:
+    import urllib.request
+
+    req = urllib.request.Request(f"{ctl.client.url}/metrics",
+                                 headers={"Authorization": f"Bearer {ctl.client.token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
 def logs_contain(ctl: ControllerProc, job_id: int, attempt: int, text: str,
                  rank: int = 0) -> bool:
     return text in ctl.logs(job_id, attempt, rank)
@@ -66,6 +75,10 @@ def test_preempted_job_resumes_from_checkpoint_and_succeeds(controller: Any,
     assert attempts[0]["placement"] != attempts[1]["placement"]
     wait_for("every attempt's instances released", lambda: all(
         a["released"] for a in ctl.job(job_id)["attempt_list"]))
+    metrics = scrape(ctl)
+    assert 'skyjobs_recoveries_total{cause="preemption notice"} 1.0' in metrics
+    assert "skyjobs_notice_to_recovering_seconds_count 1.0" in metrics
+    assert 'skyjobs_jobs{state="SUCCEEDED"} 1.0' in metrics
     wait_for("no instance left running", lambda: not ctl.running_instances())
 
 
