@@ -239,7 +239,8 @@ def events(obj: Ctx, job_id: int, as_json: bool) -> None:
         extra = "".join([f" [attempt {e['attempt']}]" if e["attempt"] else "",
                          f" [{e['placement']}]" if e["placement"] else "",
                          f" [exit {e['exit_code']}]" if e["exit_code"] is not None else ""])
-        click.echo(f"{_fmt_time(e['at'])}  {what:<28} {e['reason'] or ''}{extra}")
+        click.echo(f"{_fmt_time(e['at'])}  ${e['cost_so_far']:<9.4f} {what:<28} "
+                   f"{e['reason'] or ''}{extra}")
 
 
 def _follow_logs(client: Client, job_id: int, attempt: int | None, follow: bool = True,

@@ -216,7 +216,12 @@ async def get_job(request: web.Request) -> web.Response:
 async def job_events(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     after = _int(request.query.get("after"), "after", 0)
-    events = await _db(ctl, ctl.store.sync.events, _job_id(request), after)
+    job_id = _job_id(request)
+    events = await _db(ctl, ctl.store.sync.events, job_id, after)
+    attempts = await _db(ctl, ctl.store.sync.attempts_of, job_id)
+    for e in events:
+        e["cost_so_far"] = round(sum(a.cost(e["at"]) for a in attempts
+                                     if a.created_at <= e["at"]), 6)
     return web.json_response({"events": events})
 
 

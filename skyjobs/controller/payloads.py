@@ -3,7 +3,8 @@
 Fields: ``schema``, ``idempotency_key`` (stable across retries: receivers deduplicate on it),
 ``event`` (recovering, recovered, succeeded, failed, cancelled, or transition), ``job``
 (``id``, ``name``, ``task_id``), ``from``, ``to``, ``reason``, ``exit_code``, ``placement``,
-``attempt``, ``recovery_count``, ``cost_so_far`` (USD), ``time`` (ISO 8601 UTC) and ``at``
+``attempt``, ``recovery_count``, ``cost_so_far`` and ``saving_so_far`` (USD, against the same
+node-hours on-demand), ``time`` (ISO 8601 UTC) and ``at``
 (epoch seconds). Secrets are never part of it.
 """
 
@@ -32,7 +33,8 @@ def event_name(frm: str | None, to: str | None, recovery_count: int) -> str:
 def event_payload(*, event_id: int, hook: str, name: str, job_id: int, job_name: str,
                   task_id: str, frm: str | None, to: str | None, reason: str | None,
                   exit_code: int | None, attempt: int | None, placement: str | None,
-                  recovery_count: int, cost: float, at: float) -> dict[str, Any]:
+                  recovery_count: int, cost: float, saving: float,
+                  at: float) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "idempotency_key": f"skyjobs-{task_id}-event-{event_id}-{hook}",
@@ -41,6 +43,7 @@ def event_payload(*, event_id: int, hook: str, name: str, job_id: int, job_name:
         "from": frm, "to": to, "reason": reason, "exit_code": exit_code,
         "placement": placement, "attempt": attempt, "recovery_count": recovery_count,
         "cost_so_far": round(cost, 6),
+        "saving_so_far": round(saving, 6),
         "time": datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z"),
         "at": at,
     }

@@ -159,6 +159,9 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (cloud, region, zone, instance_type)
     );
     """,
+    """
+    ALTER TABLE attempts ADD COLUMN ondemand_price REAL;
+    """,
 ]
 
 
@@ -203,10 +206,18 @@ class Attempt:
     notice_at: float | None
     notice_deadline: float | None
     released: bool
+    ondemand_price: float | None  # what the same node-hours cost on-demand, for the saving
 
-    def cost(self, now: float) -> float:
-        end = self.ended_at if self.ended_at is not None else now
-        return max(0.0, end - self.created_at) / 3600.0 * self.price_per_hour * self.num_nodes
+    def node_hours(self, until: float) -> float:
+        end = self.ended_at if self.ended_at is not None else until
+        return max(0.0, min(end, until) - self.created_at) / 3600.0 * self.num_nodes
+
+    def cost(self, until: float) -> float:
+        """Paid from launch to end (or ``until``): clouds bill from the launch request."""
+        return self.node_hours(until) * self.price_per_hour
+
+    def on_demand_cost(self, until: float) -> float:
+        return self.node_hours(until) * (self.ondemand_price or self.price_per_hour)
 
     def placement_label(self) -> str:
         kind = "spot" if self.use_spot else "on-demand"
@@ -355,9 +366,11 @@ class SyncStore:
         job = c.execute("SELECT name, task_id, recovery_count FROM jobs WHERE id=?",
                         (job_id,)).fetchone()
         name = payloads.event_name(frm, to, job["recovery_count"])
-        cost = c.execute("SELECT COALESCE(SUM((COALESCE(ended_at, ?) - created_at) / 3600.0"
-                         " * price_per_hour * num_nodes), 0) FROM attempts WHERE job_id=?",
-                         (at, job_id)).fetchone()[0]
+        cost, on_demand = c.execute(
+            "SELECT COALESCE(SUM((COALESCE(ended_at, ?) - created_at) / 3600.0 * num_nodes"
+            " * price_per_hour), 0), COALESCE(SUM((COALESCE(ended_at, ?) - created_at) / 3600.0"
+            " * num_nodes * COALESCE(ondemand_price, price_per_hour)), 0) FROM attempts"
+            " WHERE job_id=?", (at, at, job_id)).fetchone()
         if placement is None:
             row = c.execute("SELECT cloud, zone, instance_type, use_spot, n FROM attempts"
                             " WHERE job_id=? ORDER BY n DESC LIMIT 1", (job_id,)).fetchone()
@@ -372,7 +385,7 @@ class SyncStore:
                 event_id=event_id, hook=hook, name=name, job_id=job_id, job_name=job["name"],
                 task_id=job["task_id"], frm=frm, to=to, reason=reason, exit_code=exit_code,
                 attempt=attempt, placement=placement, recovery_count=job["recovery_count"],
-                cost=cost, at=at)
+                cost=cost, saving=on_demand - cost, at=at)
             c.execute("INSERT INTO outbox(job_id, event_id, hook, payload, next_at, created_at)"
                       " VALUES (?, ?, ?, ?, ?, ?)", (job_id, event_id, hook, json.dumps(body),
                                                      at, at))
@@ -482,11 +495,11 @@ class SyncStore:
             ids = [f"{id_prefix}-{job_id}-{n}-{rank}" for rank in range(num_nodes)]
             cur = c.execute(
                 "INSERT INTO attempts(job_id, n, status, cloud, region, zone, instance_type,"
-                " use_spot, price_per_hour, num_nodes, instance_ids, created_at)"
-                " VALUES (?, ?, 'launching', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " use_spot, price_per_hour, num_nodes, instance_ids, created_at, ondemand_price)"
+                " VALUES (?, ?, 'launching', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, n, placement.cloud, placement.region, placement.zone,
                  placement.instance_type, int(placement.use_spot), placement.price_per_hour,
-                 num_nodes, json.dumps(ids), now))
+                 num_nodes, json.dumps(ids), now, placement.offering.ondemand_price))
             attempt_id = int(cur.lastrowid or 0)
             updates = {"attempt_count": n, "current_attempt": attempt_id}
             if job["status"] == PROVISIONING:

@@ -24,14 +24,7 @@ def log_path(ctl: Controller, job_id: int, attempt_n: int, rank: int) -> Path:
 
 def costs(ctl: Controller, attempts: list[st.Attempt], now: float) -> tuple[float, float]:
     """(cost so far, what the same hours would have cost on-demand)."""
-    cost = on_demand = 0.0
-    for a in attempts:
-        cost += a.cost(now)
-        offering = ctl.offering_of(a.cloud, a.zone, a.instance_type)
-        od_price = offering.ondemand_price if offering else a.price_per_hour
-        end = a.ended_at if a.ended_at is not None else now
-        on_demand += max(0.0, end - a.created_at) / 3600 * od_price * a.num_nodes
-    return cost, on_demand
+    return (sum(a.cost(now) for a in attempts), sum(a.on_demand_cost(now) for a in attempts))
 
 
 def job_summary(ctl: Controller, job: st.Job, attempts: list[st.Attempt],

@@ -149,7 +149,8 @@ def sample_payload(hook: str) -> dict[str, Any]:
         event_id=0, hook=hook, name="test", job_id=0, job_name="webhook-test",
         task_id=f"test-{token}", frm="RUNNING", to="RECOVERING",
         reason="test delivery (skyjobs webhooks test)", exit_code=None, attempt=1,
-        placement="local/local-a/local.cpu2/spot", recovery_count=0, cost=0.0, at=time.time())
+        placement="local/local-a/local.cpu2/spot", recovery_count=0, cost=0.0, saving=0.0,
+        at=time.time())
 
 
 # --- delivery ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -139,3 +140,18 @@ def test_every_live_state_can_reach_cancelled() -> None:
     assert st.TRANSITIONS[st.CANCELLING] == {st.CANCELLED}
     for state in st.TERMINAL:
         assert st.TRANSITIONS[state] == frozenset()
+
+
+def test_cost_and_saving_come_from_the_attempt_prices(tmp_path: Path) -> None:
+    db = st.SyncStore(tmp_path / "c.db", hooks={"ops": frozenset({"all"})})
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    p = placement()  # local.cpu2 in local-a: spot $0.030/h, on-demand $0.10/h
+    a = db.begin_attempt(job, p, 2, "sjx", "first")
+    hour_later = a.created_at + 3600
+    assert a.cost(hour_later) == pytest.approx(2 * 0.030)
+    assert a.on_demand_cost(hour_later) == pytest.approx(2 * 0.10)
+    db.transition(job, st.RUNNING, "running")
+    payload = json.loads(db.conn.execute("SELECT payload FROM outbox ORDER BY id DESC"
+                                         " LIMIT 1").fetchone()[0])
+    assert payload["to"] == "RUNNING" and payload["cost_so_far"] >= 0
+    assert payload["saving_so_far"] >= 0 and payload["placement"] == p.label()
