@@ -35,6 +35,7 @@ from skyjobs.controller.daemon import Controller  # noqa: E402
 from skyjobs.pricing.catalog import Catalog, Offering  # noqa: E402
 from skyjobs.providers.aws import AwsConfig, AwsProvider  # noqa: E402
 from tests.aws.aws_harness import Fleet, Moto  # noqa: E402
+from tests.aws.conftest import first_sweep  # noqa: E402
 
 REGION = "us-east-1"
 ZONES = [("us-east-1a", 0.030), ("us-east-1b", 0.034), ("us-east-1c", 0.036)]
@@ -92,7 +93,9 @@ class World:
             self.per_poll.append(self.provider.calls["describe_instances"] - c0)
 
         self.ctl.poll_instances = counted  # type: ignore[method-assign]
+        swept = await first_sweep(self.ctl)
         await self.ctl.start()
+        await wait("the startup orphan sweep", swept.is_set, 30)
         self.http = aiohttp.ClientSession(
             base_url=self.ctl.url, headers={"Authorization": f"Bearer {self.ctl.token}"})
         return self
@@ -138,7 +141,7 @@ async def _attempts_running(w: World, job_id: int, n: int) -> bool:
     return j["status"] == "RUNNING" and len(j["attempt_list"]) >= n
 
 
-async def steady_state(w: World, n: int, window: float) -> dict[str, float]:
+async def steady_state(w: World, n: int, window: float) -> dict[str, Any]:
     for _ in range(n):
         await w.call("POST", "/api/v1/jobs", {"task": TASK})
     await wait(f"{n} launches", lambda: w.provider.calls["run_instances"] >= n, 900)
