@@ -212,6 +212,10 @@ class Agent:
         while not self.go.wait(timeout=0.2):
             if self.noticed.is_set():
                 return self._finish(143, "setup")
+        if self.buckets.has_copy:
+            # The previous attempt may have uploaded its last checkpoint (on its notice)
+            # after this node first downloaded: fetch what changed before run starts.
+            self.buckets.refresh_copies()
         self.client.report({"kind": "phase", "phase": "running"})
         if self.task.get("run"):
             code = self._run_script(self.task["run"], workdir, env, "run")

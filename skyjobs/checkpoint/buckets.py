@@ -115,6 +115,13 @@ class BucketSet:
         for b in self.buckets:
             b.prepare()
 
+    def refresh_copies(self) -> None:
+        """Download again what changed in COPY buckets (MOUNT views are live already)."""
+        with self._lock:
+            for b in self.buckets:
+                if b.mode == "COPY":
+                    b.prepare()
+
     def upload(self) -> int:
         with self._lock:
             return sum(b.upload() for b in self.buckets)

@@ -412,14 +412,17 @@ class Controller:
 
         Attempts are recorded before any launch, so an orphan means someone else's mistake
         (or a bug); each one is logged."""
-        owned = {i for a in await self.store.call(self.store.sync.unreleased_attempts)
-                 for i in a.instance_ids}
         for cloud, provider in self.providers.items():
             lister = getattr(provider, "list_owned", None)
             if lister is None:
                 continue
             try:
-                orphans = [i for i in await lister(self.instance_prefix) if i not in owned]
+                listed = await lister(self.instance_prefix)
+                # Read the owners after listing: an attempt is recorded before its launch, so
+                # every instance listed already has its row (the other order races a launch).
+                owned = {i for a in await self.store.call(self.store.sync.unreleased_attempts)
+                         for i in a.instance_ids}
+                orphans = [i for i in listed if i not in owned]
                 if orphans:
                     log.warning("terminating orphan instances", cloud=cloud, ids=orphans)
                     await provider.terminate(orphans)

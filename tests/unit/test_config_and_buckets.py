@@ -57,3 +57,15 @@ def test_copy_mode_downloads_then_uploads_changes_only(tmp_path: Path) -> None:
     assert buckets.upload() == 1
     assert (bucket / "new.txt").read_text() == "new"
     assert not list(bucket.rglob("*.skyjobs-tmp"))
+
+
+def test_refresh_fetches_a_checkpoint_uploaded_after_the_first_download(tmp_path: Path) -> None:
+    bucket, target = tmp_path / "bucket", tmp_path / "node" / "ckpt"
+    bucket.mkdir()
+    (bucket / "state.json").write_text('{"step": 10}')
+    buckets = BucketSet([MountedBucket(target, bucket, "COPY")])
+    buckets.prepare()
+    (bucket / "state.json").write_text('{"step": 42}')  # the old attempt's notice upload
+    os.utime(bucket / "state.json", (0, 10**9 + 5))
+    buckets.refresh_copies()
+    assert (target / "state.json").read_text() == '{"step": 42}'
