@@ -200,7 +200,14 @@ class Agent:
         if self.metadata_url:
             NoticeWatcher(self.metadata_url, float(self.task["notice_poll_interval"]),
                           self._on_notice).start()
-        workdir = self._prepare_files()
+        try:
+            workdir = self._prepare_files()
+        except (OSError, ValueError, RuntimeError) as err:
+            # A bucket that cannot be mounted or fetched is a setup failure, not a crash.
+            log(f"preparing files failed: {err}")
+            with open(self.log_path, "ab") as out:
+                out.write(f"--- skyjobs: preparing files failed: {err}\n".encode())
+            return self._finish(1, "setup")
         env = self._job_env()
         code = 0
         if self.task.get("setup"):

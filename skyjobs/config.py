@@ -55,6 +55,9 @@ class ControllerConfig(BaseSettings):
 
     state_dir: Path = Field(default_factory=default_state_dir)
     host: str = "127.0.0.1"
+    # The URL agents on other machines use to reach this controller (for example
+    # https://10.0.0.5:8765 on a controller VM); default: the address the API binds.
+    advertise_url: str | None = Field(default=None, pattern=r"^https?://")
     port: int = Field(default=8765, ge=0, le=65535)
     clouds: Annotated[list[str], NoDecode] = ["local"]
     # Agents heartbeat this often; a silent agent is suspect after heartbeat_timeout and is

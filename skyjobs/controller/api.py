@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from skyjobs.checkpoint.buckets import local_bucket_dir
 from skyjobs.controller import store as st
 from skyjobs.controller import views
 from skyjobs.controller.runner import Message, ranked_candidates, ranking_context
@@ -138,7 +139,7 @@ async def submit(request: web.Request) -> web.Response:
         require_candidates(spec, ctl.catalog)
     except SpecError as err:
         raise SpecError(f"{source}: {err}") from None
-    _check_buckets(ctl, spec, source)
+    await _check_buckets(ctl, spec, source)
     archive = await _save_archive(ctl, body.get("archive"))
     name = str(body.get("name") or spec.name or Path(source).stem or "job")
     task = {"spec": spec.model_dump(mode="json"), "archive": archive,
@@ -150,17 +151,29 @@ async def submit(request: web.Request) -> web.Response:
     return web.json_response({"id": job_id, "name": name, "status": st.PENDING}, status=201)
 
 
-def _check_buckets(ctl: Controller, spec: TaskSpec, source: str) -> None:
+async def _check_buckets(ctl: Controller, spec: TaskSpec, source: str) -> None:
     for target, mount in spec.buckets().items():
         scheme = mount.source.split("://", 1)[0]
         cloud = {"local": "local", "s3": "aws", "gs": "gcp"}[scheme]
         if cloud not in ctl.providers:
             raise SpecError(f"{source}: file_mounts.{target}: {scheme}:// buckets need the "
                             f"{cloud} provider, which this controller does not enable")
+        if cloud == "local":
+            try:
+                local_bucket_dir(mount.source, ctl.state_dir / "buckets")
+            except ValueError as err:
+                raise SpecError(f"{source}: file_mounts.{target}: {err}") from None
         if cloud == "local" and any(c.placement.cloud != "local"
                                     for c in match(spec, ctl.catalog)):
             raise SpecError(f"{source}: file_mounts.{target}: local:// buckets work only on "
                             "the local provider; set resources.cloud: local")
+        check = getattr(ctl.providers[cloud], "check_bucket", None)
+        if check is not None:
+            # Fail now, not at the first recovery hours later: exists, readable, writable.
+            try:
+                await check(mount.source)
+            except SpecError as err:
+                raise SpecError(f"{source}: file_mounts.{target}: {err}") from None
 
 
 async def _save_archive(ctl: Controller, encoded: Any) -> str | None:

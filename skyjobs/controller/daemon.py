@@ -175,12 +175,24 @@ class Controller:
             if cloud == "local":
                 self.providers[cloud] = LocalProvider(self.state_dir / "local-cloud",
                                                       self.config.local_no_spot_zones)
+            elif cloud == "aws":
+                self.providers[cloud] = self._make_aws()
             else:
                 raise ConfigError(f"clouds: provider {cloud!r} is not available in this build")
         # Every cloud call is timed and counted; extras (set_spot_capacity) pass through.
         self.providers = {c: p if isinstance(p, InstrumentedProvider)
                           else InstrumentedProvider(p, self.metrics)
                           for c, p in self.providers.items()}
+
+    def _make_aws(self) -> Provider:
+        try:
+            from skyjobs.providers.aws import AwsConfig, AwsProvider
+        except ImportError as err:
+            raise ConfigError("clouds: aws needs the aws extra (pip install "
+                              f"'skyjobs[aws]'): {err}") from None
+        # Where status polls and the orphan sweep look for instances after a restart.
+        regions = {o.region for o in self.catalog.offerings if o.cloud == "aws"}
+        return AwsProvider(AwsConfig.from_env(), regions=regions)
 
     def _watch(self, task: asyncio.Task[Any] | None) -> None:
         """A side task that ends on its own is a bug: stop loudly rather than limp."""
@@ -304,7 +316,8 @@ class Controller:
 
     def launch_request(self, job: st.Job, attempt: st.Attempt) -> LaunchRequest:
         self.attempt_jobs[attempt.id] = job.id
-        env = {"SKYJOBS_CONTROLLER_URL": self.url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
+        url = self.config.advertise_url or self.url
+        env = {"SKYJOBS_CONTROLLER_URL": url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
                "SKYJOBS_AGENT_TOKEN": self.agent_token(attempt.id)}
         return LaunchRequest(
             job_id=job.id, attempt_id=attempt.id, placement=self.placement_of(attempt),

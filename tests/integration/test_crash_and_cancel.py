@@ -200,3 +200,24 @@ def test_orphan_instances_of_this_controller_are_terminated_at_start(controller:
     ctl.start()
     wait_for("the orphan to be terminated", lambda: ctl.running_instances() == [stranger])
     assert "terminating orphan instances" in ctl.log_tail()
+
+
+def test_a_bucket_that_cannot_be_prepared_fails_setup_cleanly(controller: Any,
+                                                             tmp_path: Path) -> None:
+    from tests.integration.test_recovery import submit_yaml
+
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    (workdir / "f").write_text("a file where the mount wants a directory")
+    spec = tmp_path / "t.yaml"
+    spec.write_text(
+        "resources: {cloud: local, cpus: 2, use_spot: true}\n"
+        f"workdir: {workdir}\n"
+        "file_mounts: {~/sky_workdir/f/ckpt: {source: 'local://b', mode: MOUNT}}\n"
+        "run: echo never\n")
+    ctl = controller()
+    job_id = submit_yaml(ctl, spec)
+    done = ctl.wait_status(job_id, "FAILED", "SUCCEEDED")
+    assert done["status"] == "FAILED" and "setup failed" in done["reason"]
+    assert "preparing files failed" in ctl.logs(job_id, 1)
+    wait_for("no instance left running", lambda: alive_count(ctl) == 0)

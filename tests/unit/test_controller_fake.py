@@ -209,3 +209,9 @@ async def test_log_shipping_is_idempotent(h: Harness) -> None:
     assert size == 12
     _, body = await h.api("GET", f"/api/v1/jobs/{job_id}/logs?attempt=1")
     assert body["data"] == "hello world\n"
+
+
+async def test_a_local_bucket_escaping_its_root_is_rejected(h: Harness) -> None:
+    task = {**TASK, "file_mounts": {"/c": {"source": "local://b/../../etc"}}}
+    status, reply = await h.api("POST", "/api/v1/jobs", {"task": task})
+    assert status == 400 and "invalid bucket name or path" in reply["error"]
