@@ -2,7 +2,9 @@
 """Notice latency: N concurrent spot jobs on the local provider, each preempted with a notice.
 
 Prints p50/p99 of notice -> RECOVERING recorded and notice -> replacement RUNNING, and the
-controller's resident memory. Uses the controller's default settings.
+controller's resident memory. Uses the controller's default settings. The notices are
+served by each simulated instance's metadata endpoint at (nearly) the same moment, as a
+cloud reclaiming a whole zone would; the clock starts when each endpoint began serving.
 
     .venv/bin/python bench/notice_latency.py --jobs 100 --notice 20
 """
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,15 @@ def rss_mb(pid: int) -> tuple[float, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
                   .splitlines() if ":" in line)
     return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def metadata_ports(client: Client, state: Path, ids: list[int]) -> dict[int, int]:
+    out = {}
+    for job_id in ids:
+        instance = client.get(f"/api/v1/jobs/{job_id}")["attempt_list"][0]["instances"][0]
+        info = read_json(state / "local-cloud" / "instances" / instance / "instance.json")
+        out[job_id] = int((info or {})["metadata_port"])
+    return out
 
 
 def notice_times(client: Client, state: Path, ids: list[int]) -> dict[int, float]:
@@ -95,8 +107,14 @@ def main() -> None:
         rss_before = rss_mb(ctl.pid)
         cpu_before, wall_before = cpu_seconds(ctl.pid), time.monotonic()
 
+        ports = metadata_ports(client, state, ids)
+
         def preempt(job_id: int) -> None:
-            client.post(f"/api/v1/jobs/{job_id}/preempt", {"notice": args.notice})
+            # The cloud preempts, not the controller: post straight to each instance's
+            # simulated metadata service, as `skyjobs preempt` does through the provider.
+            url = f"http://127.0.0.1:{ports[job_id]}/sim/preempt?notice={args.notice}"
+            with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10):
+                pass
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(preempt, ids))
