@@ -184,6 +184,7 @@ class Agent:
         self.log_path = (Path(instance_dir) if instance_dir else Path.home()) / "skyjobs-job.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.noticed = threading.Event()
+        self.draining = threading.Event()
         self.go = threading.Event()
         self.done = threading.Event()
         self.buckets = BucketSet([])
@@ -335,6 +336,16 @@ class Agent:
         if self.buckets.has_copy:
             self._upload("notice")
 
+    def _on_drain(self) -> None:
+        """The controller moves the job elsewhere: checkpoint and exit, as on a notice."""
+        if self.draining.is_set():
+            return
+        self.draining.set()
+        log("asked to checkpoint and exit: the job is moving to another placement")
+        self._signal_job()
+        if self.buckets.has_copy:
+            self._upload("migration")
+
     def _report_notice(self, notice: dict[str, Any], seen_at: float) -> None:
         try:
             self.client.report({"kind": "notice", "notice": notice, "seen_at": seen_at},
@@ -371,6 +382,8 @@ class Agent:
                 body = {"rank": self.rank, "wait_go": GO_WAIT_SECONDS if waiting else 0}
                 reply = self.client.call("POST", "/heartbeat", body,
                                          timeout=GO_WAIT_SECONDS + 10 if waiting else 10)
+                if reply and reply.get("drain"):
+                    self._on_drain()
                 if reply and reply.get("go"):
                     self.go.set()
                     continue

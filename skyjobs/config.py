@@ -83,6 +83,12 @@ class ControllerConfig(BaseSettings):
     # restore) and the typical checkpoint interval of jobs (work lost without a notice).
     restart_estimate: float = Field(default=180.0, ge=0)
     checkpoint_interval_estimate: float = Field(default=1800.0, gt=0)
+    # A job with a deadline running on on-demand asks this often whether its slack allows
+    # going back to spot (DEADLINE_AWARE), and migrates when it does.
+    deadline_check_interval: float = Field(default=300.0, gt=0)
+    # A migrated-from attempt gets this long to checkpoint and exit once its replacement is
+    # ready, before it is terminated.
+    migration_drain: float = Field(default=120.0, gt=0)
     # Live spot prices are refreshed this often for offerings live jobs can use.
     price_poll_interval: float = Field(default=300.0, gt=0)
     price_max_age: float = Field(default=3600.0, gt=0)

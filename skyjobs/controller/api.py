@@ -420,7 +420,7 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
     wait = body.get("wait_go") or 0
     if isinstance(wait, int | float) and wait > 0 and attempt_id not in ctl.go:
         await ctl.wait_go(attempt_id, min(float(wait), 30.0))
-    return web.json_response({"go": attempt_id in ctl.go})
+    return web.json_response({"go": attempt_id in ctl.go, "drain": attempt_id in ctl.drain})
 
 
 async def agent_event(request: web.Request) -> web.Response:

@@ -74,6 +74,7 @@ class Controller:
         self.runners: dict[int, JobRunner] = {}
         self.runner_tasks: dict[int, asyncio.Task[None]] = {}
         self.go: set[int] = set()  # attempts whose agents may start run
+        self.drain: set[int] = set()  # attempts asked to checkpoint and exit (migration)
         self._go_waiters: dict[int, asyncio.Event] = {}
         self.last_seen: dict[tuple[int, int], float] = {}
         self.silent_since: dict[int, float] = {}
@@ -368,6 +369,7 @@ class Controller:
     def forget_attempt(self, attempt_id: int) -> None:
         """Drop in-memory bookkeeping of an attempt whose instances are gone."""
         self.go.discard(attempt_id)
+        self.drain.discard(attempt_id)
         self.silent_since.pop(attempt_id, None)
         self.attempt_jobs.pop(attempt_id, None)
         for key in [k for k in self.last_seen if k[0] == attempt_id]:

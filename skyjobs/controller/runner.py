@@ -27,7 +27,7 @@ from skyjobs.pricing.catalog import Placement
 from skyjobs.providers import base
 from skyjobs.recovery import decide
 from skyjobs.recovery.placement import Candidate, match
-from skyjobs.recovery.policy import Ranked, RankingContext, memory_key, rank
+from skyjobs.recovery.policy import Ranked, RankingContext, deadline_decision, memory_key, rank
 from skyjobs.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -83,6 +83,16 @@ def ranking_context(ctl: Controller, spec: TaskSpec, job: st.Job | None,
     )
 
 
+def migration_source(snap: st.Snapshot) -> st.Attempt | None:
+    """The attempt a migration is leaving: older than the current one, still running, and
+    not preempted (derived from the store, so a restarted controller carries on)."""
+    current = snap.job.current_attempt
+    # Before the replacement is launched the job is RECOVERING and the attempt being left is
+    # still the current one; a recovery proper always has a notice or an ended attempt.
+    return next((a for a in snap.attempts if a.status != "ended" and a.notice_at is None
+                 and (a.id != current or snap.job.status == st.RECOVERING)), None)
+
+
 def ranked_candidates(ctl: Controller, spec: TaskSpec, ctx: RankingContext) -> list[Ranked]:
     deadline = spec.resources.job_recovery.deadline_hours is not None
     candidates: list[Candidate] = match(spec, ctl.catalog, with_on_demand_twins=deadline)
@@ -97,6 +107,7 @@ class JobRunner:
         self.log = log.bind(job_id=job_id)
         self.tried: set[tuple[str, str, str, bool]] = set()
         self.rounds = 0
+        self._last_deadline_check = time.time()
 
     def post(self, msg: Message) -> None:
         self.inbox.put_nowait(msg)
@@ -117,6 +128,10 @@ class JobRunner:
         while True:
             snap: st.Snapshot = await self._db(self.s.snapshot, self.job_id)
             if snap.job.status in st.TERMINAL:
+                for a in snap.attempts:
+                    if a.status != "ended":  # e.g. a replacement launched during a migration
+                        await self._db(self.s.end_attempt, snap.job.id, a.id, "superseded",
+                                       None, "the job ended on another attempt")
                 await self._release_all(snap.attempts)
                 return
             try:
@@ -145,8 +160,16 @@ class JobRunner:
         job = snap.job
         spec = self._spec(job)
         ctx = ranking_context(self.ctl, spec, job, snap.attempts, time.time())
+        source = migration_source(snap)
         fresh = [r for r in ranked_candidates(self.ctl, spec, ctx)
-                 if self._key(r.candidate.placement) not in self.tried]
+                 if self._key(r.candidate.placement) not in self.tried
+                 and (source is None or r.candidate.placement.use_spot)]
+        if not fresh and source is not None:
+            # No spot capacity after all: stay where the job runs.
+            self.tried.clear()
+            await self._db(self.s.abort_migration, job.id, source.id,
+                           f"no spot capacity to move to; staying on {source.placement_label()}")
+            return
         if not fresh:
             await self._no_capacity_round(job)
             return
@@ -154,6 +177,8 @@ class JobRunner:
         placement = choice.candidate.placement
         reason = {st.PENDING: "first launch", st.RECOVERING: "recovery"}.get(
             job.status, "next candidate")
+        if source is not None and job.status == st.RECOVERING:
+            reason = "migration"
         attempt: st.Attempt = await self._db(
             self.s.begin_attempt, job.id, placement, spec.num_nodes,
             self.ctl.instance_prefix, f"{reason} on {placement.label()} ({choice.reason})")
@@ -236,6 +261,13 @@ class JobRunner:
         if await self._evaluate(snap, attempt):
             return
         waits = [3600.0, drain_wait]
+        if job.status == st.RUNNING and self._watches_deadline(job, attempt):
+            next_check = self._last_deadline_check + self.ctl.config.deadline_check_interval
+            if time.time() >= next_check:
+                self._last_deadline_check = time.time()
+                if await self._maybe_migrate(snap, attempt):
+                    return
+            waits.append(max(0.0, next_check - time.time()))
         if job.status == st.PROVISIONING:
             remaining = attempt.created_at + self.ctl.config.provision_timeout - time.time()
             if remaining <= 0:
@@ -282,6 +314,7 @@ class JobRunner:
                                running_attempt=attempt.id, expect=frozenset({st.PROVISIONING}))
                 return True
             if decide.all_in(nodes, attempt.num_nodes, "ready", "running"):
+                await self._drain_source(snap)
                 self._maybe_go(snap, attempt)
             return False
         spec = self._spec(job)
@@ -297,6 +330,38 @@ class JobRunner:
             await self._recover(job, attempt, "failed", verdict.reason,
                                 exit_code=outcome.exit_code, restart=verdict.uses_budget)
         return True
+
+    # --- migration back to spot (deadline-aware jobs on on-demand) -----------------------------
+
+    def _watches_deadline(self, job: st.Job, attempt: st.Attempt) -> bool:
+        rec = self._spec(job).resources.job_recovery
+        return not attempt.use_spot and rec.deadline_hours is not None \
+            and rec.expected_runtime_hours is not None
+
+    async def _maybe_migrate(self, snap: st.Snapshot, attempt: st.Attempt) -> bool:
+        """Ask the same policy the simulator replays whether the slack allows spot again;
+        if so, start moving: the on-demand attempt runs until its replacement is ready."""
+        spec = self._spec(snap.job)
+        ctx = ranking_context(self.ctl, spec, snap.job, snap.attempts, time.time())
+        ctx.running = True
+        candidates = match(spec, self.ctl.catalog, with_on_demand_twins=True)
+        spot = [c for c in candidates if c.placement.use_spot]
+        decision = deadline_decision(ctx, candidates)
+        if not spot or not decision.use_spot:
+            return False
+        await self._db(self.s.begin_migration, snap.job.id, attempt.id,
+                       f"moving back to spot: {decision.reason}")
+        self.log.info("migrating to spot", attempt=attempt.n, reason=decision.reason)
+        return True
+
+    async def _drain_source(self, snap: st.Snapshot) -> None:
+        """The replacement is ready: ask the attempt being left to checkpoint and exit."""
+        source = migration_source(snap)
+        if source is None or source.id in self.ctl.drain:
+            return
+        await self._db(self.s.set_drain_deadline, source.id,
+                       time.time() + self.ctl.config.migration_drain)
+        self.ctl.drain.add(source.id)
 
     def _maybe_go(self, snap: st.Snapshot, attempt: st.Attempt) -> None:
         """Let run start only once every earlier attempt is over (one may still be writing
@@ -368,13 +433,29 @@ class JobRunner:
             return
         if msg.kind == "exit":
             nodes = await self._db(self.s.nodes_of, a.id)
-            if decide.attempt_outcome(nodes, a.num_nodes, True) is not None:
+            outcome = decide.attempt_outcome(nodes, a.num_nodes, False)
+            if outcome is None:
+                return
+            if a.notice_at is None and outcome.exit_code == 0:
+                await self._source_finished(snap, a)
+            elif a.notice_at is None:
+                await self._end_old(snap.job, a, "left for a spot placement", "migrated")
+            else:
                 await self._end_old(snap.job, a, "old attempt exited after its notice")
         elif msg.kind in ("gone", "silent"):
             await self._end_old(snap.job, a, "old attempt's instance is gone")
 
-    async def _end_old(self, job: st.Job, a: st.Attempt, info: str) -> None:
-        await self._db(self.s.end_attempt, job.id, a.id, "preempted", None, info,
+    async def _source_finished(self, snap: st.Snapshot, a: st.Attempt) -> None:
+        """The job completed on the placement it was leaving: it succeeded there."""
+        await self._db(self.s.transition, snap.job.id, st.SUCCEEDED,
+                       "all nodes exited with 0 (before the move finished)", exit_code=0,
+                       end_attempt=(a.id, "succeeded"), zone_events=self._exposure(a),
+                       expect=frozenset({st.PROVISIONING, st.RECOVERING}))
+        await self._release(a)
+
+    async def _end_old(self, job: st.Job, a: st.Attempt, info: str,
+                       reason: str = "preempted") -> None:
+        await self._db(self.s.end_attempt, job.id, a.id, reason, None, info,
                        self._exposure(a))
         await self._release(a)
 

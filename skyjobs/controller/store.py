@@ -39,9 +39,14 @@ ALL_STATES = TERMINAL | LIVE
 TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({PENDING}),
     PENDING: frozenset({PROVISIONING, CANCELLING, CANCELLED, FAILED}),
-    PROVISIONING: frozenset({RUNNING, RECOVERING, FAILED, FAILED_NO_RESOURCE, CANCELLING}),
+    # PROVISIONING/RECOVERING -> SUCCEEDED: a job that finishes on its old placement while
+    # a migration to a better one is under way.
+    PROVISIONING: frozenset({RUNNING, RECOVERING, SUCCEEDED, FAILED, FAILED_NO_RESOURCE,
+                             CANCELLING}),
     RUNNING: frozenset({SUCCEEDED, FAILED, RECOVERING, CANCELLING}),
-    RECOVERING: frozenset({PROVISIONING, FAILED, FAILED_NO_RESOURCE, CANCELLING}),
+    # RECOVERING -> RUNNING: a migration abandoned before any replacement was launched.
+    RECOVERING: frozenset({PROVISIONING, RUNNING, SUCCEEDED, FAILED, FAILED_NO_RESOURCE,
+                           CANCELLING}),
     CANCELLING: frozenset({CANCELLED}),
 }
 for _terminal in TERMINAL:
@@ -573,6 +578,32 @@ class SyncStore:
             self._event(c, job_id, "transition", previous, RECOVERING, "preemption notice",
                         attempt=n, now=at)
             return True
+
+    def begin_migration(self, job_id: int, attempt_id: int, reason: str) -> None:
+        """Leave a running attempt for a better placement: RUNNING -> RECOVERING while the
+        old attempt keeps running until its replacement is ready (no recovery is counted)."""
+        with self._tx() as c:
+            job = c.execute("SELECT current_attempt FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if job is None or job["current_attempt"] != attempt_id:
+                raise IllegalTransitionError(job_id, None, RECOVERING)
+            previous = self._cas(c, job_id, RECOVERING, frozenset({RUNNING}),
+                                 {"reason": reason}, time.time())
+            n = c.execute("SELECT n FROM attempts WHERE id=?", (attempt_id,)).fetchone()[0]
+            self._event(c, job_id, "transition", previous, RECOVERING, reason, attempt=n)
+
+    def abort_migration(self, job_id: int, source_id: int, reason: str) -> None:
+        """No better placement came up: the job goes on where it still runs."""
+        with self._tx() as c:
+            previous = self._cas(c, job_id, RUNNING, frozenset({PROVISIONING, RECOVERING}),
+                                 {"current_attempt": source_id, "reason": reason}, time.time())
+            c.execute("UPDATE attempts SET notice_deadline=NULL WHERE id=?", (source_id,))
+            n = c.execute("SELECT n FROM attempts WHERE id=?", (source_id,)).fetchone()[0]
+            self._event(c, job_id, "transition", previous, RUNNING, reason, attempt=n)
+
+    def set_drain_deadline(self, attempt_id: int, deadline: float) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE attempts SET notice_deadline=? WHERE id=? AND notice_deadline IS"
+                      " NULL", (deadline, attempt_id))
 
     def mark_released(self, attempt_id: int) -> None:
         with self._tx() as c:

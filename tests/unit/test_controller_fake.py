@@ -215,3 +215,82 @@ async def test_a_local_bucket_escaping_its_root_is_rejected(h: Harness) -> None:
     task = {**TASK, "file_mounts": {"/c": {"source": "local://b/../../etc"}}}
     status, reply = await h.api("POST", "/api/v1/jobs", {"task": task})
     assert status == 400 and "invalid bucket name or path" in reply["error"]
+
+
+DEADLINE_TASK = {"resources": {"cloud": "local", "cpus": 2, "use_spot": True,
+                               "job_recovery": {"deadline_hours": 1.0,
+                                                "expected_runtime_hours": 0.98}},
+                 "run": "x"}
+
+
+@pytest.fixture
+def spot_again(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """Switch: once on, the slack allows spot again (the decision itself is the policy's,
+    tested in test_policy). Requested before `h`, so the controller checks every 0.1 s."""
+    from skyjobs.controller import runner
+    from skyjobs.recovery.policy import Decision
+
+    switch = {"on": False}
+    monkeypatch.setenv("SKYJOBS_DEADLINE_CHECK_INTERVAL", "0.1")
+    monkeypatch.setattr(runner, "deadline_decision", lambda ctx, candidates=None: Decision(
+        switch["on"], "slack allows spot" if switch["on"] else "stay"))
+    return switch
+
+
+async def start_on_demand(h: Harness) -> tuple[int, int]:
+    job_id = await submit(h, DEADLINE_TASK)
+    old = await h.run_to_running(job_id)
+    j = await h.job(job_id)
+    assert j["placement"].endswith("/on-demand"), j  # too little slack for spot at first
+    return job_id, old
+
+
+async def test_deadline_job_moves_back_to_spot_without_losing_its_run(
+        spot_again: dict[str, bool], h: Harness) -> None:
+    ctl, fake = h.ctl, h.fake
+    job_id, old = await start_on_demand(h)
+    spot_again["on"] = True
+    await until("a spot replacement", lambda: ctl.store.sync.get_job(
+        job_id).current_attempt != old)
+    new = await h.current_attempt(job_id)
+    assert ctl.store.sync.get_attempt(new).use_spot
+    await h.agent(new, {"kind": "phase", "phase": "ready", "rank": 0})
+    await until("the old attempt asked to drain", lambda: old in ctl.drain)
+    assert new not in ctl.go  # not before the old attempt has checkpointed
+    await h.agent(old, {"kind": "exit", "exit_code": 143, "rank": 0})
+    await until("go", lambda: new in ctl.go)
+    await h.agent(new, {"kind": "phase", "phase": "running", "rank": 0})
+    j = await h.wait_status(job_id, "RUNNING")
+    assert [a["end_reason"] for a in j["attempt_list"]] == ["migrated", None]
+    assert j["recoveries"] == 0 and j["placement"].endswith("/spot")
+    assert ctl.store.sync.get_attempt(old).instance_ids[0] not in fake.alive()
+    reasons = [e["reason"] for e in ctl.store.sync.events(job_id)]
+    assert any(r and r.startswith("moving back to spot") for r in reasons)
+
+
+async def test_migration_without_spot_capacity_stays_on_demand(
+        spot_again: dict[str, bool], h: Harness) -> None:
+    job_id, old = await start_on_demand(h)
+    h.fake.no_capacity = {"local-a", "local-b", "local-c"}
+    spot_again["on"] = True
+    await until("a migration attempt", lambda: any(
+        (e["reason"] or "").startswith("no spot capacity to move to")
+        for e in h.ctl.store.sync.events(job_id)))
+    j = await h.wait_status(job_id, "RUNNING", "FAILED_NO_RESOURCE")
+    assert j["status"] == "RUNNING"
+    assert h.ctl.store.sync.get_job(job_id).current_attempt == old
+    assert old not in h.ctl.drain and h.fake.alive() == h.ctl.store.sync.get_attempt(
+        old).instance_ids
+
+
+async def test_job_that_finishes_while_moving_succeeds(spot_again: dict[str, bool],
+                                                      h: Harness) -> None:
+    job_id, old = await start_on_demand(h)
+    spot_again["on"] = True
+    await until("a spot replacement", lambda: h.ctl.store.sync.get_job(
+        job_id).current_attempt != old)
+    await h.agent(old, {"kind": "exit", "exit_code": 0, "rank": 0})
+    j = await h.wait_status(job_id, "SUCCEEDED")
+    ends = [a["end_reason"] for a in j["attempt_list"]]
+    assert ends[0] == "succeeded" and ends[1] in ("superseded", "no_capacity")
+    await until("nothing left running", lambda: not h.fake.alive())
