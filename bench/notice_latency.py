@@ -28,20 +28,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from skyjobs.client import Client, local_client  # noqa: E402
+from skyjobs.client import Client, local_client, wait_until  # noqa: E402
 from skyjobs.providers.local_instance import kill_session, read_json  # noqa: E402
 
 RUN = "trap 'echo checkpointing; exit 143' TERM; sleep 3600 & wait"
 
 
-def wait(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise SystemExit(f"timed out waiting for {what}")
+def wait(what: str, check: Any, limit_s: float) -> Any:
+    try:
+        return wait_until(what, check, limit_s)
+    except TimeoutError as err:
+        raise SystemExit(str(err)) from None
 
 
 def pct(values: list[float], q: float) -> float:

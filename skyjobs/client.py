@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,19 @@ class Client:
             return True
         except (ControllerUnavailableError, ApiError):
             return False
+
+
+def wait_until(what: str, check: Callable[[], Any], limit_s: float,
+               interval: float = 0.25) -> Any:
+    """Poll check() until it returns something truthy; TimeoutError naming `what` after
+    limit_s (for scripts driving a controller: the demo and the benchmarks)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {limit_s:.0f}s waiting for {what}")
 
 
 def _error_text(err: urllib.error.HTTPError) -> str:

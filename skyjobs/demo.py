@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from skyjobs.client import Client, connect
+from skyjobs.client import Client, connect, wait_until
 from skyjobs.spec import load_task
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.yaml"
@@ -28,14 +28,11 @@ def say(msg: str) -> None:
     click.echo(f"[demo {time.strftime('%H:%M:%S')}] {msg}")
 
 
-def wait_for(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise click.ClickException(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+def wait_for(what: str, check: Any, limit_s: float) -> Any:
+    try:
+        return wait_until(what, check, limit_s)
+    except TimeoutError as err:
+        raise click.ClickException(f"demo: {err}") from None
 
 
 def all_logs(client: Client, job_id: int) -> str:
