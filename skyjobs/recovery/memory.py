@@ -10,7 +10,11 @@ Two clocks, because the two things change at different speeds:
 * capacity (``no_capacity`` vs ``launch_ok``; a preemption also says capacity just vanished)
   is a short-lived state: outages last tens of minutes to hours, so its half-life is 1 hour;
 * the preemption hazard (``preemption`` events per ``run_seconds`` of exposure) is a trait of
-  a zone's market that drifts over a day, so its half-life is 12 hours.
+  a zone's market that drifts over a day, so its half-life is 12 hours;
+* so is a zone's long-run availability (the share of launches that find capacity, 12 hours):
+  it is what the short-lived capacity estimate relaxes to once its evidence has faded. A
+  zone that keeps failing therefore stays expensive after its last failure has aged, instead
+  of looking like an unseen zone again an hour later.
 
 Both estimates are Bayesian with a weak prior (Gamma-Poisson for the hazard, Beta-Bernoulli
 for capacity), so an unseen zone is neither perfect nor hopeless, and zones of the same
@@ -38,8 +42,10 @@ class MemoryConfig:
     capacity_half_life_s: float = 3600.0
     prior_hazard_per_hour: float = 0.1  # one preemption per 10 running hours
     prior_exposure_hours: float = 2.0  # ... worth two hours of observation
-    prior_no_capacity: float = 0.3
-    prior_attempts: float = 1.0  # ... worth one launch attempt
+    availability_half_life_s: float = 12 * 3600.0
+    prior_no_capacity: float = 0.3  # long-run share of launches that find no capacity
+    prior_launches: float = 2.0  # ... worth two launch attempts
+    prior_attempts: float = 1.0  # the long-run share is worth one attempt to the current state
     region_weight: float = 0.25  # how much a sibling zone's evidence counts
 
 
@@ -75,15 +81,18 @@ def _fade(age_s: float, half_life: float) -> float:
 _CHANNELS: dict[str, tuple[tuple[str, str], ...]] = {
     "preemption": (("preemptions", "hazard_half_life_s"), ("failures", "capacity_half_life_s")),
     "run_seconds": (("exposure_s", "hazard_half_life_s"),),
-    "no_capacity": (("failures", "capacity_half_life_s"),),
-    "launch_ok": (("successes", "capacity_half_life_s"),),
+    "no_capacity": (("failures", "capacity_half_life_s"),
+                    ("failures_lr", "availability_half_life_s")),
+    "launch_ok": (("successes", "capacity_half_life_s"),
+                  ("successes_lr", "availability_half_life_s")),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class ZoneEstimate:
     hazard_per_hour: float
-    p_no_capacity: float
+    p_no_capacity: float  # now
+    long_run_no_capacity: float = 0.0  # what p_no_capacity relaxes to
 
     def describe(self) -> str:
         return f"~{self.hazard_per_hour:.2f} preemptions/h, {self.p_no_capacity:.0%} no-capacity"
@@ -142,17 +151,31 @@ class PreemptionMemory:
         prior_events = c.prior_hazard_per_hour * c.prior_exposure_hours
         return (prior_events + events) / (c.prior_exposure_hours + hours)
 
+    def long_run_no_capacity(self, key: MemoryKey, now: float) -> float:
+        """The zone's long-run share of launches that find no capacity (0 for on-demand):
+        ``no_capacity`` vs ``launch_ok`` with the 12 h half-life, on a Beta prior."""
+        if not key[4]:
+            return 0.0
+        c, hl = self.config, self.config.availability_half_life_s
+        fails = self._evidence(key, "failures_lr", hl, now)
+        oks = self._evidence(key, "successes_lr", hl, now)
+        return (c.prior_no_capacity * c.prior_launches + fails) / (c.prior_launches + fails + oks)
+
     def p_no_capacity(self, key: MemoryKey, now: float) -> float:
-        """Probability that a launch there fails for lack of capacity (0 for on-demand)."""
+        """Probability that a launch there fails for lack of capacity now (0 for on-demand):
+        the recent evidence (1 h half-life) on a prior worth ``prior_attempts`` whose mean is
+        the zone's long-run share (:meth:`long_run_no_capacity`)."""
         if not key[4]:
             return 0.0
         c, hl = self.config, self.config.capacity_half_life_s
         fails = self._evidence(key, "failures", hl, now)
         oks = self._evidence(key, "successes", hl, now)
-        return (c.prior_no_capacity * c.prior_attempts + fails) / (c.prior_attempts + fails + oks)
+        base = self.long_run_no_capacity(key, now)
+        return (base * c.prior_attempts + fails) / (c.prior_attempts + fails + oks)
 
     def estimate(self, key: MemoryKey, now: float) -> ZoneEstimate:
-        return ZoneEstimate(self.hazard_per_hour(key, now), self.p_no_capacity(key, now))
+        return ZoneEstimate(self.hazard_per_hour(key, now), self.p_no_capacity(key, now),
+                            self.long_run_no_capacity(key, now))
 
 
 def _norm(key: MemoryKey) -> MemoryKey:

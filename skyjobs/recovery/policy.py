@@ -11,7 +11,7 @@ sees the newest evidence.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from skyjobs.pricing.catalog import Placement
 from skyjobs.pricing.prices import PriceBook
@@ -56,6 +56,7 @@ class RankingContext:
     running: bool = False  # ``last`` is up and making progress right now
     last_preempted: Placement | None = None  # most recent preemption of this job
     deadline_guard: bool = True  # any strategy falls back to on-demand to meet a deadline
+    job_loss_rate_h: float = 0.0  # the job's slack loss per hour of progress; rank() sets it
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,11 @@ def spot_slack_rate(ctx: RankingContext, candidates: list[Candidate] | None = No
 
 
 def slack_needed_s(ctx: RankingContext, candidates: list[Candidate] | None = None) -> float:
-    """The slack to keep for the rest of the job: the safety reserve plus twice the expected
-    use of the remaining spot work (twice, because preemptions come in bursts)."""
+    """The slack to keep for the rest of the job: the safety reserve plus the expected use of
+    the remaining spot work at the best spot candidate."""
     assert ctx.expected_runtime_s is not None
     remaining_h = max(0.0, ctx.expected_runtime_s - ctx.progress_s) / 3600
-    return safety_reserve_s(ctx) + 2 * remaining_h * spot_slack_rate(ctx, candidates)
+    return safety_reserve_s(ctx) + remaining_h * spot_slack_rate(ctx, candidates)
 
 
 def deadline_decision(ctx: RankingContext,
@@ -178,28 +179,84 @@ def _price(p: Placement, ctx: RankingContext) -> tuple[float, str]:
     return price, quote.label()
 
 
+def slack_rate_h(p: Placement, ctx: RankingContext) -> float:
+    """Hours of wall time lost (not spent on progress) per hour of useful progress at this
+    spot placement: each preemption costs a restart and, without a usable notice, half a
+    checkpoint interval of work; each start costs the launches that fail before it,
+    ``q/(1-q)`` of them, each ``launch_fail_s`` long. Starts come with each preemption, and
+    at least once for the work that is left."""
+    if not p.use_spot:
+        return 0.0
+    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    hazard, q = est.hazard_per_hour, min(est.p_no_capacity, 0.99)
+    remaining_h = _remaining_h(ctx)
+    starts_per_hour = max(hazard, 1 / remaining_h) if remaining_h else hazard
+    per_preemption = ctx.restart_s + lost_work_s(ctx) / 2
+    return (hazard * per_preemption + starts_per_hour * q / (1 - q) * ctx.launch_fail_s) / 3600
+
+
+def job_loss_rate_h(ctx: RankingContext, model_rate_h: float) -> float:
+    """Hours of wall time the job has lost per hour of progress so far (restarts, lost work,
+    failed launches, waiting), on a prior of ``model_rate_h`` worth the memory's prior
+    exposure. It is the job's own evidence of how fast spot eats its slack here."""
+    if ctx.submitted_at is None:
+        return model_rate_h
+    lost_h = max(0.0, ctx.now - ctx.submitted_at - ctx.progress_s) / 3600
+    weight_h = ((ctx.memory or _PRIOR).config.prior_exposure_hours)
+    return (lost_h + model_rate_h * weight_h) / (ctx.progress_s / 3600 + weight_h)
+
+
+def slack_value_per_hour(price: float, ondemand_price: float, rate_h: float,
+                         ctx: RankingContext, job_rate_h: float = 0.0) -> float:
+    """Dollars one hour of lost wall time is expected to cost a job with a deadline.
+
+    Time lost is bought back on on-demand, at ``ondemand_price - price`` per hour, only if
+    the job runs out of slack. Its expected loss over the rest of the job is
+    ``remaining_h x rate``, with ``rate`` the larger of the placement's (``rate_h``) and
+    the job's own so far (``job_rate_h``). The chance that it exceeds the spare slack
+    (above the safety reserve) is taken at Markov's bound, ``min(1, expected_loss /
+    spare)``: the worst case for any loss distribution with that mean, since bursts of
+    preemptions and outages make the real one heavy-tailed and unknown. A zone that keeps
+    failing has a large expected loss, so its time is charged at the full premium quickly;
+    a job with ample slack charges little and takes the cheapest zone."""
+    slack = slack_s(ctx)
+    remaining_h = _remaining_h(ctx)
+    if slack is None or remaining_h is None:
+        return price
+    premium = max(0.0, ondemand_price - price)
+    spare_h = max(0.0, slack - safety_reserve_s(ctx)) / 3600
+    expected_loss_h = remaining_h * max(rate_h, job_rate_h)
+    if spare_h <= 0.0:
+        return premium
+    if expected_loss_h <= 0.0:
+        return 0.0
+    return premium * min(1.0, expected_loss_h / spare_h)
+
+
 def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, str]:
     """Expected dollars per hour of useful progress at this placement.
 
-    Each preemption costs a paid restart plus the work lost since the last checkpoint; each
-    launch that fails for lack of capacity wastes ``launch_fail_s`` of wall time, valued at the
-    placement's price without a deadline and at the on-demand price with one (wasted time
-    under a deadline is eventually bought back on on-demand).
+    The money: each preemption costs a paid restart plus the work lost since the last
+    checkpoint. The time (:func:`slack_rate_h`): restarts, lost work and failed launches, at
+    :func:`slack_value_per_hour` under a deadline; without one, failed launches are valued at
+    the placement's price (restarts are already paid for).
     """
     price, price_label = _price(p, ctx)
     if not p.use_spot:
         return price, f"{price_label}, on-demand"
     est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
-    hazard, q = est.hazard_per_hour, min(est.p_no_capacity, 0.99)
+    hazard = est.hazard_per_hour
     loss_h = (ctx.restart_s + lost_work_s(ctx) / 2) / 3600.0
-    time_value = p.offering.ondemand_price if ctx.deadline_at is not None else price
-    # Failed launches come once per start; starts come with each preemption, and at least
-    # once for the work that is left.
-    remaining_h = _remaining_h(ctx)
-    starts_per_hour = max(hazard, 1 / remaining_h) if remaining_h else hazard
-    wasted_h = starts_per_hour * q / (1 - q) * ctx.launch_fail_s / 3600.0
-    cost = price * (1 + hazard * loss_h) + time_value * wasted_h
-    return cost, f"{price_label}, {est.describe()}"
+    money = price * (1 + hazard * loss_h)
+    rate_h = slack_rate_h(p, ctx)
+    if ctx.deadline_at is None or ctx.expected_runtime_s is None:
+        cost = money + price * (rate_h - hazard * loss_h)
+        return cost, f"{price_label}, {est.describe()}"
+    value = slack_value_per_hour(price, p.offering.ondemand_price, rate_h, ctx,
+                                 ctx.job_loss_rate_h)
+    cost = money + value * rate_h
+    return cost, (f"{price_label}, {est.describe()}, loses {rate_h * 60:.1f} min/h"
+                  f" at ${value:.2f}/h")
 
 
 def _remaining_h(ctx: RankingContext) -> float | None:
@@ -264,6 +321,9 @@ def rank(candidates: list[Candidate], ctx: RankingContext) -> list[Ranked]:
     """Best first. Cooling zones go last, never away; on-demand twins of a spot request
     (``requested=False``) appear only when the deadline calls for on-demand."""
     decision = deadline_decision(ctx, candidates)
+    spot = [c for c in candidates if c.placement.use_spot]
+    model_rate = min((slack_rate_h(c.placement, ctx) for c in spot), default=0.0)
+    ctx = replace(ctx, job_loss_rate_h=job_loss_rate_h(ctx, model_rate))
     any_on_demand_twin = not decision.use_spot
     out: list[tuple[tuple[float | str, ...], Ranked]] = []
     for cand in candidates:

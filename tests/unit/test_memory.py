@@ -32,10 +32,14 @@ def test_evidence_fades_with_half_life():
     mem = PreemptionMemory(cfg)
     mem.record(A, "no_capacity", 0.0)
     fresh = mem.p_no_capacity(A, 0.0)
-    # one failure weighs 1 now, 0.5 after one half-life: (0.3 + w) / (1 + w)
-    assert fresh == pytest.approx(1.3 / 2.0)
-    assert mem.p_no_capacity(A, H) == pytest.approx(0.8 / 1.5)
-    assert mem.p_no_capacity(A, 100 * H) == pytest.approx(cfg.prior_no_capacity, abs=1e-6)
+    # long run (12 h half-life, prior 0.3 worth 2): (0.6 + 1) / 3; now (1 h half-life, on
+    # the long run worth 1): (long + 1) / 2
+    assert mem.long_run_no_capacity(A, 0.0) == pytest.approx(1.6 / 3)
+    assert fresh == pytest.approx((1.6 / 3 + 1) / 2)
+    slow = 0.5 ** (1 / 12)  # the failure's long-run weight after one hour
+    long_1h = (0.6 + slow) / (2 + slow)
+    assert mem.p_no_capacity(A, H) == pytest.approx((long_1h + 0.5) / 1.5)
+    assert mem.p_no_capacity(A, 100 * H) == pytest.approx(cfg.prior_no_capacity, abs=1e-2)
 
 
 def test_launch_ok_lowers_no_capacity():
@@ -86,3 +90,20 @@ def test_unknown_kind_and_bad_value_raise():
         mem.record(A, "exploded", 0.0)
     with pytest.raises(SkyjobsError):
         mem.record(A, "run_seconds", 0.0, -5.0)
+
+
+def test_a_zone_that_kept_failing_stays_unlikely_after_the_outage_evidence_fades():
+    cfg = MemoryConfig(region_weight=0.0)
+    mem = PreemptionMemory(cfg)
+    for i in range(6):
+        mem.record(A, "no_capacity", i * 200.0)
+    later = 1000.0 + 5 * H  # the short-lived evidence is down to 1/32
+    assert mem.p_no_capacity(A, later) > 0.5 > cfg.prior_no_capacity
+    # long run: 6 failures at weight ~0.75 on a prior of 0.3 worth 2 launches
+    w = sum(0.5 ** ((later - i * 200.0) / (12 * H)) for i in range(6))
+    assert mem.long_run_no_capacity(A, later) == pytest.approx((0.6 + w) / (2 + w))
+    # successes pull it back
+    for i in range(6):
+        mem.record(A, "launch_ok", later + i)
+    assert mem.long_run_no_capacity(A, later + 10) < 0.5
+    assert mem.estimate(A, later).long_run_no_capacity == mem.long_run_no_capacity(A, later)

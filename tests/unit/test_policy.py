@@ -1,5 +1,7 @@
 from typing import Any
 
+import pytest
+
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
 from skyjobs.pricing.prices import PriceBook, price_key
 from skyjobs.recovery.memory import PreemptionMemory
@@ -8,9 +10,14 @@ from skyjobs.recovery.policy import (
     RankingContext,
     deadline_decision,
     effective_strategy,
+    expected_cost_per_hour,
+    job_loss_rate_h,
     memory_key,
     rank,
     safety_reserve_s,
+    slack_needed_s,
+    slack_rate_h,
+    slack_value_per_hour,
     zone_key,
 )
 from skyjobs.spec import JobRecovery, TaskSpec
@@ -137,10 +144,12 @@ def test_plenty_of_slack_means_spot():
 
 def test_deadline_aware_uses_on_demand_when_spot_fails_and_slack_is_short():
     spot = place("us-east-1a")
-    tight = deadline_ctx("DEADLINE_AWARE", 0.2, last=spot, last_end="no_capacity")
+    # need = reserve 0.1 h + 10 h left x 0.1 preemptions/h x (180 s + 0.3/0.7 x 60 s) = 0.157 h
+    tight = deadline_ctx("DEADLINE_AWARE", 0.15, last=spot, last_end="no_capacity")
+    assert slack_needed_s(tight, cands()) / H == pytest.approx(0.1 + (180 + 60 * 3 / 7) / H)
     assert not deadline_decision(tight, cands()).use_spot
     # The same situation with an explicit COST_AWARE (greedy) keeps trying spot.
-    greedy = deadline_ctx("COST_AWARE", 0.2, last=spot, last_end="no_capacity")
+    greedy = deadline_ctx("COST_AWARE", 0.15, last=spot, last_end="no_capacity")
     assert deadline_decision(greedy, cands()).use_spot
 
 
@@ -158,3 +167,56 @@ def test_effective_strategy_default_with_and_without_deadline():
                                           expected_runtime_hours=8)) == "DEADLINE_AWARE"
     assert effective_strategy(JobRecovery(strategy="FAILOVER", deadline_hours=10,
                                           expected_runtime_hours=8)) == "FAILOVER"
+
+
+def test_slack_value_is_the_on_demand_premium_times_markovs_bound():
+    c = deadline_ctx("DEADLINE_AWARE", 2.0)  # 10 h of work left, reserve 0.1 h: 1.9 h spare
+    # expected loss 10 h x 0.05 = 0.5 h; P(loss > 1.9 h) <= 0.5 / 1.9
+    assert slack_value_per_hour(0.90, 3.06, 0.05, c) == pytest.approx(2.16 * 0.5 / 1.9)
+    # the job's own loss rate counts when it is the larger
+    assert slack_value_per_hour(0.90, 3.06, 0.05, c, 0.19) == pytest.approx(2.16)
+    # no spare slack: the full premium; no deadline: time is worth the price
+    assert slack_value_per_hour(0.90, 3.06, 0.05, deadline_ctx("DEADLINE_AWARE", 0.05)) == 2.16
+    assert slack_value_per_hour(0.90, 3.06, 0.05, ctx()) == 0.90
+
+
+def test_job_loss_rate_is_its_own_lost_time_per_progress_on_a_prior():
+    c = ctx(submitted_at=0.0, now=6 * H, progress_s=4 * H)  # lost 2 h in 4 h of progress
+    # prior: 0.01 h/h worth the memory's prior exposure (2 h)
+    assert job_loss_rate_h(c, 0.01) == pytest.approx((2 + 0.02) / (4 + 2))
+    assert job_loss_rate_h(ctx(), 0.01) == 0.01  # no submit time: the model's rate
+
+
+def test_slack_rate_counts_restarts_and_failed_launches():
+    c = deadline_ctx("DEADLINE_AWARE", 2.0, launch_fail_s=195.0)
+    # prior: 0.1 preemptions/h x 180 s, and 0.1 starts/h x 0.3/0.7 failures x 195 s
+    expect = (0.1 * 180 + 0.1 * 3 / 7 * 195) / H
+    assert slack_rate_h(place("us-east-1a"), c) == pytest.approx(expect)
+    assert slack_rate_h(place("us-east-1a", spot=False), c) == 0.0
+
+
+def failing(zone: str, n: int, t: float) -> PreemptionMemory:
+    mem = PreemptionMemory()
+    for i in range(n):
+        mem.record(memory_key(place(zone)), "no_capacity", t - 200.0 * (n - i))
+    return mem
+
+
+def test_a_zone_that_keeps_failing_gets_expensive_under_a_tight_deadline():
+    # 1a is $0.09/h cheaper than 2a; after three failures in a row, with 1 h of slack for
+    # 10 h of work, its expected lost time at the on-demand premium outweighs that.
+    mem = failing("us-east-1a", 3, 10 * H)
+    tight = deadline_ctx("DEADLINE_AWARE", 1.0, memory=mem, launch_fail_s=195.0)
+    assert zones(rank(cands(), tight))[:2] == ["us-east-1b", "us-west-2a"]
+    assert zones(rank(cands(), tight))[-1] == "us-east-1a"
+    cost_1a, label = expected_cost_per_hour(place("us-east-1a"), tight)
+    assert cost_1a > 0.99 and "min/h at $" in label
+    # Without the failures, price wins.
+    fresh = deadline_ctx("DEADLINE_AWARE", 1.0, launch_fail_s=195.0)
+    assert zones(rank(cands(), fresh))[0] == "us-east-1a"
+
+
+def test_ample_slack_keeps_the_cheap_zone_despite_failures():
+    mem = failing("us-east-1a", 3, 10 * H)
+    roomy = deadline_ctx("DEADLINE_AWARE", 30.0, memory=mem, launch_fail_s=195.0)
+    assert zones(rank(cands(), roomy))[0] == "us-east-1a"
