@@ -78,8 +78,6 @@ class Controller:
         self._go_waiters: dict[int, asyncio.Event] = {}
         self.last_seen: dict[tuple[int, int], float] = {}
         self.silent_since: dict[int, float] = {}
-        self.attempt_jobs: dict[int, int] = {}
-        self.recoveries_by_reason: dict[str, int] = {}
         self.launch_slots = asyncio.Semaphore(config.max_concurrent_launches)
         self.metrics = Metrics(hooks=[w.name for w in config.webhooks])
         self.webhooks: WebhookDispatcher | None = None
@@ -228,7 +226,6 @@ class Controller:
         for job_id in job_ids:
             self.start_runner(job_id)
         for attempt in await self.store.call(self.store.sync.unreleased_attempts):
-            self.attempt_jobs[attempt.id] = attempt.job_id
             if attempt.job_id not in self.runners and attempt.status == "ended":
                 await self._release_orphan(attempt)
 
@@ -316,7 +313,6 @@ class Controller:
         return hmac.new(self.secret, f"attempt:{attempt_id}".encode(), hashlib.sha256).hexdigest()
 
     def launch_request(self, job: st.Job, attempt: st.Attempt) -> LaunchRequest:
-        self.attempt_jobs[attempt.id] = job.id
         url = self.config.advertise_url or self.url
         env = {"SKYJOBS_CONTROLLER_URL": url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
                "SKYJOBS_AGENT_TOKEN": self.agent_token(attempt.id)}
@@ -329,7 +325,6 @@ class Controller:
 
     def on_recovery(self, reason: str, attempt: st.Attempt) -> None:
         cause = reason.split(" (")[0].split(":")[0]
-        self.recoveries_by_reason[cause] = self.recoveries_by_reason.get(cause, 0) + 1
         self.metrics.recovery(cause)
         if attempt.notice_at is not None:
             self.metrics.notice_latency(time.time() - attempt.notice_at)
@@ -371,7 +366,6 @@ class Controller:
         self.go.discard(attempt_id)
         self.drain.discard(attempt_id)
         self.silent_since.pop(attempt_id, None)
-        self.attempt_jobs.pop(attempt_id, None)
         for key in [k for k in self.last_seen if k[0] == attempt_id]:
             del self.last_seen[key]
 
