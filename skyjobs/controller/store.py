@@ -670,10 +670,6 @@ class SyncStore:
 
     # --- preemption memory -----------------------------------------------------------------
 
-    def record_zone_event(self, p: Placement, kind: str, value: float = 1.0) -> None:
-        with self._tx() as c:
-            self._zone_event(c, p, kind, value, now=time.time())
-
     @staticmethod
     def _zone_event(c: sqlite3.Connection, p: Placement, kind: str, value: float,
                     now: float) -> None:

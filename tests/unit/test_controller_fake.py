@@ -129,6 +129,8 @@ async def test_notice_moves_to_recovering_then_old_attempt_drains(h: Harness) ->
     await until("second attempt", lambda: h.ctl.store.sync.get_job(job_id).attempt_count == 2)
     new = await h.current_attempt(job_id)
     await h.agent(new, {"kind": "phase", "phase": "ready", "rank": 0})
+    # Absence cannot be waited for: give the runner time to act on "ready", then check it
+    # did not let the replacement start while the old attempt is still checkpointing.
     await asyncio.sleep(0.3)
     assert new not in h.ctl.go
     await h.agent(aid, {"kind": "exit", "exit_code": 143, "noticed": True, "rank": 0})
