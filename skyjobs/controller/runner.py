@@ -106,7 +106,6 @@ class JobRunner:
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.log = log.bind(job_id=job_id)
         self.tried: set[tuple[str, str, str, bool]] = set()
-        self.rounds = 0
         self._last_deadline_check = time.time()
 
     def post(self, msg: Message) -> None:
@@ -219,7 +218,6 @@ class JobRunner:
         await self._db(self.s.set_attempt_status, attempt.id, "provisioning",
                        zone_events=[self._remember(placement, "launch_ok")])
         self.tried.clear()
-        self.rounds = 0
         return True
 
     async def _give_up_attempt(self, job: st.Job, attempt: st.Attempt, reason: str,
@@ -230,17 +228,17 @@ class JobRunner:
 
     async def _no_capacity_round(self, job: st.Job) -> None:
         cfg = self.ctl.config
-        self.rounds += 1
+        rounds: int = await self._db(self.s.no_capacity_round, job.id)
         self.tried.clear()
-        if self.rounds >= cfg.max_launch_rounds:
+        if rounds >= cfg.max_launch_rounds:
             await self._db(self.s.transition, job.id, st.FAILED_NO_RESOURCE,
-                           f"no capacity in any candidate after {self.rounds} rounds",
+                           f"no capacity in any candidate after {rounds} rounds",
                            expect=frozenset({st.PROVISIONING, st.RECOVERING, st.PENDING}))
             return
         delay = min(cfg.launch_backoff_max,
-                    cfg.launch_backoff_initial * cfg.launch_backoff_factor ** (self.rounds - 1))
+                    cfg.launch_backoff_initial * cfg.launch_backoff_factor ** (rounds - 1))
         await self._db(self.s.add_info_event, job.id, "no capacity in any candidate (round "
-                       f"{self.rounds}); retrying in {delay:.0f}s")
+                       f"{rounds}); retrying in {delay:.0f}s")
         await self._next_message(delay)
 
     async def _next_message(self, wait_s: float) -> Message | None:

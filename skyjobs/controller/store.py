@@ -167,6 +167,9 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN ondemand_price REAL;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN launch_rounds INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -187,6 +190,7 @@ class Job:
     exit_code: int | None
     reason: str | None
     has_archive: bool
+    launch_rounds: int  # rounds in a row in which no candidate had capacity
 
 
 @dataclass(frozen=True)
@@ -545,6 +549,9 @@ class SyncStore:
     def set_attempt_status(self, attempt_id: int, status: str, *, running: bool = False,
                            zone_events: list[ZoneEvent] | None = None) -> None:
         with self._tx() as c:
+            if status == "provisioning":  # a launch went through: the no-capacity streak ends
+                c.execute("UPDATE jobs SET launch_rounds=0 WHERE id=(SELECT job_id FROM"
+                          " attempts WHERE id=?)", (attempt_id,))
             for event in zone_events or ():
                 self._zone_event(c, *event, now=time.time())
             if running:
@@ -634,6 +641,14 @@ class SyncStore:
     def unreleased_attempts(self) -> list[Attempt]:
         rows = self.conn.execute("SELECT * FROM attempts WHERE released=0 ORDER BY id").fetchall()
         return [_attempt(r) for r in rows]
+
+    def no_capacity_round(self, job_id: int) -> int:
+        """Count one more round in which every candidate lacked capacity; returns the count
+        (durable, so a restarted controller does not start FAILED_NO_RESOURCE over)."""
+        with self._tx() as c:
+            c.execute("UPDATE jobs SET launch_rounds=launch_rounds+1 WHERE id=?", (job_id,))
+            return int(c.execute("SELECT launch_rounds FROM jobs WHERE id=?",
+                                 (job_id,)).fetchone()[0])
 
     def add_info_event(self, job_id: int, info: str, attempt_n: int | None = None) -> None:
         with self._tx() as c:

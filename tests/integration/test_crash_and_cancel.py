@@ -221,3 +221,24 @@ def test_a_bucket_that_cannot_be_prepared_fails_setup_cleanly(controller: Any,
     assert done["status"] == "FAILED" and "setup failed" in done["reason"]
     assert "preparing files failed" in ctl.logs(job_id, 1)
     wait_for("no instance left running", lambda: alive_count(ctl) == 0)
+
+
+def test_no_capacity_rounds_survive_a_controller_kill(controller: Any) -> None:
+    env = {"SKYJOBS_LOCAL_NO_SPOT_ZONES": "local-a,local-b,local-c",
+           "SKYJOBS_MAX_LAUNCH_ROUNDS": "4", "SKYJOBS_LAUNCH_BACKOFF_INITIAL": "1",
+           "SKYJOBS_LAUNCH_BACKOFF_MAX": "1"}
+    ctl = controller(**env)
+    job_id = ctl.submit(task("echo hi"))
+
+    def rounds() -> list[str]:
+        return [e["reason"] for e in ctl.events(job_id)
+                if (e["reason"] or "").startswith("no capacity in any candidate (round")]
+
+    wait_for("two failed rounds", lambda: len(rounds()) >= 2)
+    ctl.kill9()
+    ctl.start()
+    done = ctl.wait_status(job_id, "FAILED_NO_RESOURCE", "SUCCEEDED", "FAILED")
+    assert done["status"] == "FAILED_NO_RESOURCE"
+    assert "after 4 rounds" in done["reason"]
+    numbers = [int(r.split("(round ")[1].split(")")[0]) for r in rounds()]
+    assert numbers == sorted(set(numbers)) and numbers[-1] == 3  # counted on, not restarted

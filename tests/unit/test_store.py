@@ -155,3 +155,11 @@ def test_cost_and_saving_come_from_the_attempt_prices(tmp_path: Path) -> None:
                                          " LIMIT 1").fetchone()[0])
     assert payload["to"] == "RUNNING" and payload["cost_so_far"] >= 0
     assert payload["saving_so_far"] >= 0 and payload["placement"] == p.label()
+
+
+def test_no_capacity_rounds_count_until_a_launch_goes_through(db: st.SyncStore) -> None:
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    assert [db.no_capacity_round(job) for _ in range(3)] == [1, 2, 3]
+    a = db.begin_attempt(job, placement(), 1, "sjx", "first")
+    db.set_attempt_status(a.id, "provisioning")
+    assert db.get_job(job).launch_rounds == 0
