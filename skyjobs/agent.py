@@ -36,6 +36,7 @@ from skyjobs.checkpoint.factory import make_bucket
 REPORT_RETRY_SECONDS = 3600.0  # how long an exit report is retried while the controller is away
 FETCH_RETRY_SECONDS = 600.0
 GO_WAIT_SECONDS = 20.0
+FINAL_LOG_CHUNKS = 1024  # at exit, ship up to 1 GiB of log that is still unsent
 LONG_POLL_SECONDS = 30
 
 
@@ -232,7 +233,9 @@ class Agent:
     def _finish(self, code: int, phase: str) -> int:
         if self.buckets.has_copy:
             self._upload("exit")
-        self._ship_logs()
+        for _ in range(FINAL_LOG_CHUNKS):  # the rest of the log, 1 MiB at a time
+            if not self._ship_logs():
+                break
         self.done.set()
         self.client.report({"kind": "exit", "exit_code": code, "phase": phase,
                             "noticed": self.noticed.is_set()})
@@ -401,14 +404,15 @@ class Agent:
     _shipped = 0
     _ship_lock = threading.Lock()
 
-    def _ship_logs(self) -> None:
+    def _ship_logs(self) -> bool:
+        """Ship the next chunk of the job log; True when something was shipped."""
         with self._ship_lock:
             try:
                 size = self.log_path.stat().st_size
             except FileNotFoundError:
-                return
+                return False
             if size <= self._shipped:
-                return
+                return False
             with open(self.log_path, "rb") as fh:
                 fh.seek(self._shipped)
                 chunk = fh.read(min(size - self._shipped, 1 << 20))
@@ -416,9 +420,11 @@ class Agent:
                 reply = json.loads(self.client.request(
                     "POST", f"/logs?rank={self.rank}&offset={self._shipped}", chunk,
                     "application/octet-stream"))
-                self._shipped = int(reply["size"])
-            except (OSError, ValueError, KeyError, urllib.error.HTTPError):
-                pass
+                before, self._shipped = self._shipped, int(reply["size"])
+                return self._shipped > before
+            except (OSError, ValueError, KeyError, urllib.error.HTTPError,
+                    http.client.HTTPException):
+                return False
 
 
 def main() -> None:

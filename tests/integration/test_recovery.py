@@ -135,3 +135,18 @@ def test_silent_agent_on_a_live_instance_is_recovered_after_the_window(controlle
     assert silent_at - running_at >= 4.0
     ctl.wait_status(job_id, "RUNNING")
     wait_for("the silent instance to be terminated", lambda: name not in ctl.running_instances())
+
+
+def test_a_large_log_is_shipped_whole_before_the_exit_report(controller: Any) -> None:
+    from tests.conftest import task
+
+    ctl = controller()
+    line = "x" * 99
+    job_id = ctl.submit(task(f"for i in $(seq 30000); do echo {line}; done; echo the-end"))
+    done = ctl.wait_status(job_id, "SUCCEEDED", "FAILED")
+    assert done["status"] == "SUCCEEDED"
+    reply = ctl.client.get(f"/api/v1/jobs/{job_id}/logs", attempt=1, offset=0)
+    assert reply["size"] > 3_000_000  # more than the 1 MiB an agent ships at once
+    tail = ctl.client.get(f"/api/v1/jobs/{job_id}/logs", attempt=1,
+                          offset=reply["size"] - 100)["data"]
+    assert tail.rstrip().endswith("the-end")
