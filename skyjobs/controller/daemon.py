@@ -17,6 +17,7 @@ import secrets
 import signal
 import ssl
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -365,6 +366,9 @@ class Controller:
         """Drop in-memory bookkeeping of an attempt whose instances are gone."""
         self.go.discard(attempt_id)
         self.drain.discard(attempt_id)
+        waiter = self._go_waiters.pop(attempt_id, None)
+        if waiter is not None:
+            waiter.set()  # answer a held heartbeat of an attempt that is over
         self.silent_since.pop(attempt_id, None)
         for key in [k for k in self.last_seen if k[0] == attempt_id]:
             del self.last_seen[key]
@@ -438,11 +442,20 @@ class Controller:
             except ProviderError as err:
                 log.warning("orphan sweep failed", cloud=cloud, error=str(err))
 
+    def _last_heard(self, a: st.Attempt, ranks: Iterable[int], now: float) -> float:
+        return min((self.last_seen.get((a.id, r), self.started_at) for r in ranks), default=now)
+
     async def _check_silence(self, a: st.Attempt, now: float) -> None:
+        timeout = self.config.heartbeat_timeout
+        # Heartbeats are in memory: the store is asked only about an attempt that went quiet
+        # (its nodes that exited are allowed to be quiet).
+        if now - self._last_heard(a, range(a.num_nodes), now) < timeout:
+            self.silent_since.pop(a.id, None)
+            return
         nodes = await self.store.call(self.store.sync.nodes_of, a.id)
         ranks = [r for r in range(a.num_nodes) if nodes.get(r, ("", None))[0] != "exited"]
-        last = min((self.last_seen.get((a.id, r), self.started_at) for r in ranks), default=now)
-        if now - last < self.config.heartbeat_timeout:
+        last = self._last_heard(a, ranks, now)
+        if now - last < timeout:
             self.silent_since.pop(a.id, None)
             return
         since = self.silent_since.setdefault(a.id, last)
