@@ -113,7 +113,8 @@ class JobRunner:
 
     async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         result = await self.ctl.store.call(fn, *args, **kwargs)
-        if fn in (self.s.transition, self.s.begin_attempt):
+        if fn in (self.s.transition, self.s.begin_attempt, self.s.begin_migration,
+                  self.s.abort_migration):
             self.ctl.wake_webhooks()  # a transition may have queued deliveries
         return result
 
