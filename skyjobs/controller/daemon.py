@@ -71,6 +71,8 @@ class Controller:
         self.config = config
         self.state_dir = config.state_dir
         self.catalog = Catalog.for_clouds(config.clouds)
+        self._offering_index: tuple[Catalog | None, dict[tuple[str, str, str], Offering]] = (
+            None, {})
         self.providers: dict[str, Provider] = providers or {}
         self.runners: dict[int, JobRunner] = {}
         self.runner_tasks: dict[int, asyncio.Task[None]] = {}
@@ -299,10 +301,12 @@ class Controller:
     # --- helpers for runners and the API ---------------------------------------------------
 
     def offering_of(self, cloud: str, zone: str, instance_type: str) -> Offering | None:
-        for o in self.catalog.offerings:
-            if (o.cloud, o.zone, o.instance_type) == (cloud, zone, instance_type):
-                return o
-        return None
+        # Indexed per catalog object (tests swap the catalog before start()).
+        catalog, index = self._offering_index
+        if catalog is not self.catalog:
+            index = {(o.cloud, o.zone, o.instance_type): o for o in self.catalog.offerings}
+            self._offering_index = (self.catalog, index)
+        return index.get((cloud, zone, instance_type))
 
     def placement_of(self, a: st.Attempt) -> Placement:
         offering = self.offering_of(a.cloud, a.zone, a.instance_type) or Offering(

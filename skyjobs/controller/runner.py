@@ -107,6 +107,7 @@ class JobRunner:
         self.log = log.bind(job_id=job_id)
         self.tried: set[tuple[str, str, str, bool]] = set()
         self._last_deadline_check = time.time()
+        self._task_spec: TaskSpec | None = None
 
     def post(self, msg: Message) -> None:
         self.inbox.put_nowait(msg)
@@ -154,7 +155,10 @@ class JobRunner:
     # --- provisioning ----------------------------------------------------------------------
 
     def _spec(self, job: st.Job) -> TaskSpec:
-        return TaskSpec.model_validate(job.task["spec"])
+        # A job's task never changes: validate it once per runner, not on every step.
+        if self._task_spec is None:
+            self._task_spec = TaskSpec.model_validate(job.task["spec"])
+        return self._task_spec
 
     async def _provision(self, snap: st.Snapshot) -> None:
         job = snap.job

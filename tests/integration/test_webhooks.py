@@ -234,6 +234,8 @@ async def test_failing_receiver_gets_everything_in_order_with_stable_keys(
     metrics = Metrics(hooks=["ops"])
     d = await world.dispatcher(hooks, metrics=metrics)
     await until("all deliveries", lambda: len(receiver.acked) == len(EVERY))
+    # The receiver answers before the dispatcher records the delivery: wait for that too.
+    await until("the last delivery recorded", lambda: d.stats["ops"].delivered == len(EVERY))
 
     assert [r.payload["to"] for r in receiver.acked] == EVERY
     first_key = receiver.acked[0].key
