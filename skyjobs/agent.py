@@ -32,6 +32,7 @@ from typing import Any
 
 from skyjobs.checkpoint.buckets import BucketSet, node_path
 from skyjobs.checkpoint.factory import make_bucket
+from skyjobs.fsutil import atomic_write
 
 REPORT_RETRY_SECONDS = 3600.0  # how long an exit report is retried while the controller is away
 FETCH_RETRY_SECONDS = 600.0
@@ -190,12 +191,44 @@ class Agent:
         self.done = threading.Event()
         self.buckets = BucketSet([])
         self.task: dict[str, Any] = {}
+        self.phase = "setup"  # what a crash of the agent itself is reported as
 
     # --- phases ----------------------------------------------------------------------------
 
     def main(self) -> int:
-        self.task = self.client.retrying(lambda: self.client.call("GET", f"/task?rank={self.rank}"),
-                                         FETCH_RETRY_SECONDS, "fetch task")
+        self.task = self._fetch_task()
+        try:
+            return self._main()
+        except Exception as err:  # noqa: BLE001 - reported, never a silent exit
+            return self._crashed(err)
+
+    def _crashed(self, err: Exception) -> int:
+        """Anything the agent did not expect (an archive it cannot unpack, a script the OS
+        will not start) is reported as the failure of the phase it happened in, with its
+        reason in the job's log: an agent that dies unreported looks like lost capacity,
+        and the job would be relaunched for ever."""
+        what = f"{type(err).__name__}: {err}"
+        log(f"agent error in {self.phase}: {what}")
+        try:
+            with open(self.log_path, "ab") as out:
+                out.write(f"--- skyjobs: agent error in {self.phase}: {what}\n".encode())
+        except OSError:
+            pass
+        return self._finish(1, self.phase)
+
+    def _fetch_task(self) -> dict[str, Any]:
+        """The task, once every node of the attempt has an address: SKYPILOT_NODE_IPS with
+        an empty entry breaks rank-0 launchers and hostfiles."""
+        deadline = time.monotonic() + FETCH_RETRY_SECONDS
+        while True:
+            task: dict[str, Any] = self.client.retrying(
+                lambda: self.client.call("GET", f"/task?rank={self.rank}"),
+                FETCH_RETRY_SECONDS, "fetch task")
+            if all(task.get("node_ips", [])) or time.monotonic() > deadline:
+                return task
+            time.sleep(1.0)
+
+    def _main(self) -> int:
         log(f"attempt {self.task['attempt']} of job {self.task['job_id']}, node {self.rank}")
         threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat").start()
         threading.Thread(target=self._log_loop, daemon=True, name="logs").start()
@@ -210,6 +243,8 @@ class Agent:
             with open(self.log_path, "ab") as out:
                 out.write(f"--- skyjobs: preparing files failed: {err}\n".encode())
             return self._finish(1, "setup")
+        if not all(self.task.get("node_ips", [])):
+            log("some nodes still have no address; SKYPILOT_NODE_IPS is incomplete")
         env = self._job_env()
         code = 0
         if self.task.get("setup"):
@@ -226,6 +261,7 @@ class Agent:
             # after this node first downloaded: fetch what changed before run starts.
             self.buckets.refresh_copies()
         self.client.report({"kind": "phase", "phase": "running"})
+        self.phase = "run"
         if self.task.get("run"):
             code = self._run_script(self.task["run"], workdir, env, "run")
         return self._finish(code, "run")
@@ -274,7 +310,7 @@ class Agent:
                 member.name = rest
                 if rest:
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    tar.extract(member, dest, filter="data")
+                    tar.extract(member, dest, filter=_workdir_filter)
                 elif member.isfile():  # a single-file mount
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     src = tar.extractfile(member)
@@ -321,9 +357,7 @@ class Agent:
         path = self.fs_root.parent / "job-groups.json"
         try:
             known = json.loads(path.read_text()).get("pgids", []) if path.exists() else []
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"pgids": [*known, pgid]}))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps({"pgids": [*known, pgid]}))
         except (OSError, ValueError) as err:
             log(f"could not record the job's process group: {err}")
 
@@ -425,6 +459,16 @@ class Agent:
             except (OSError, ValueError, KeyError, urllib.error.HTTPError,
                     http.client.HTTPException):
                 return False
+
+
+def _workdir_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, except that a symlink may point anywhere (a workdir's
+    ``venv/bin/python -> /usr/bin/python3``, as rsync would copy it). Safe all the same:
+    the data filter still refuses any later member whose real path leaves the workdir,
+    so nothing is ever written through such a link."""
+    if member.issym():
+        return tarfile.tar_filter(member, dest)  # checks the link's own path, not its target
+    return tarfile.data_filter(member, dest)
 
 
 def main() -> None:

@@ -69,6 +69,9 @@ class ControllerConfig(BaseSettings):
     instance_poll_interval: float = Field(default=10.0, gt=0)
     # An attempt whose agents have not all started running by then is given up.
     provision_timeout: float = Field(default=900.0, gt=0)
+    # A just-launched instance the cloud does not list yet is not gone before this (EC2's
+    # describe calls are eventually consistent).
+    launch_visibility_grace: float = Field(default=60.0, ge=0)
     # No capacity anywhere: back off between rounds of trying every candidate.
     launch_backoff_initial: float = Field(default=30.0, ge=0)
     launch_backoff_factor: float = Field(default=1.6, ge=1)

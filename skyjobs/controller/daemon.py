@@ -30,9 +30,11 @@ from skyjobs.config import ControllerConfig
 from skyjobs.controller import sdnotify
 from skyjobs.controller import store as st
 from skyjobs.controller.metrics import InstrumentedProvider, Metrics
+from skyjobs.controller.reaper import Reaper
 from skyjobs.controller.runner import JobRunner, Message
 from skyjobs.controller.webhooks import WebhookDispatcher, store_hooks
-from skyjobs.exceptions import ConfigError, ProviderError
+from skyjobs.exceptions import ConfigError, IllegalTransitionError, ProviderError
+from skyjobs.fsutil import atomic_write, private_dir, private_umask
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
 from skyjobs.pricing.prices import PriceBook
 from skyjobs.providers import base
@@ -43,6 +45,11 @@ from skyjobs.recovery.memory import PreemptionMemory
 log = structlog.get_logger("skyjobs.controller")
 
 RUNNER_RESTART_DELAY = 5.0
+RUNNER_MAX_DELAY = 60.0
+# A runner that crashes this many times in a row (each within RUNNER_STABLE_AFTER of its
+# restart) hits a deterministic bug: the job fails with the error instead of looping.
+RUNNER_CRASH_BUDGET = 5
+RUNNER_STABLE_AFTER = 600.0
 ORPHAN_SWEEP_INTERVAL = 300.0
 # The store must answer a probe this often, or the systemd watchdog stops being fed.
 HEALTH_PROBE_INTERVAL = 5.0
@@ -50,20 +57,19 @@ HEALTH_STALE_AFTER = 20.0
 MEMORY_HORIZON = 14 * 24 * 3600.0  # preemption evidence older than this has faded away
 
 
-def write_secret_file(path: Path, value: str) -> None:
-    """Create a 0600 file atomically (never readable by others, not even for an instant)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
-    os.replace(tmp, path)
-
-
 def read_or_create_secret(path: Path) -> str:
-    if path.exists():
-        return path.read_text().strip()
-    write_secret_file(path, secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    """The secret in ``path``, made on first use. An empty file is never a valid secret
+    (it would authorize ``Bearer `` with nothing after it): it gets a fresh one."""
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        if path.exists():
+            log.warning("secret file is empty; writing a new secret", path=str(path))
+        atomic_write(path, secrets.token_urlsafe(32))
+        value = path.read_text().strip()
+    return value
 
 
 class Controller:
@@ -79,8 +85,11 @@ class Controller:
         self.go: set[int] = set()  # attempts whose agents may start run
         self.drain: set[int] = set()  # attempts asked to checkpoint and exit (migration)
         self._go_waiters: dict[int, asyncio.Event] = {}
+        # Liveness runs on the monotonic clock: a wall-clock step must not recover every job.
         self.last_seen: dict[tuple[int, int], float] = {}
         self.silent_since: dict[int, float] = {}
+        self._launched_at: dict[int, float] = {}
+        self.started_mono = time.monotonic()
         self.launch_slots = asyncio.Semaphore(config.max_concurrent_launches)
         self.metrics = Metrics(hooks=[w.name for w in config.webhooks])
         self.webhooks: WebhookDispatcher | None = None
@@ -98,18 +107,25 @@ class Controller:
     # --- startup ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Task secrets, tokens and logs live here: nothing is created readable by others,
+        # not even for an instant (SQLite's WAL and SHM files only honour the umask).
+        private_umask()
+        private_dir(self.state_dir)
         self._take_lock()
         for sub in ("logs", "archives", "buckets"):
-            (self.state_dir / sub).mkdir(exist_ok=True)
+            private_dir(self.state_dir / sub)
         self.token = read_or_create_secret(self.state_dir / "token")
         self.secret = read_or_create_secret(self.state_dir / "agent-secret").encode()
         self.store = st.Store(self.config.db_path, store_hooks(self.config.webhooks))
-        os.chmod(self.config.db_path, 0o600)  # it holds task secrets
+        os.chmod(self.config.db_path, 0o600)  # made by an older version under another umask
+        # 64 bits: the orphan sweep terminates instances by this prefix, so two controllers
+        # in one account must never share it (a state dir keeps the id it was given).
         cid = await self.store.call(self.store.sync.get_or_set_meta, "controller_id",
-                                    secrets.token_hex(3))
+                                    secrets.token_hex(8))
         self.instance_prefix = f"sj{cid}"
         self._make_providers()
+        self.reaper = Reaper(self.store, self.providers, on_released=self._released,
+                             on_failure=self.metrics.release_failure)
         self.webhooks = WebhookDispatcher(self.store, self.config.webhooks, metrics=self.metrics)
         from skyjobs.controller.api import make_app  # late: api imports this module
 
@@ -121,10 +137,11 @@ class Controller:
                            ssl_context=self._ssl_context(), reuse_address=True)
         await site.start()
         port = self._http.addresses[0][1]
-        (self.state_dir / "port").write_text(str(port))
+        atomic_write(self.state_dir / "port", str(port))
         scheme = "https" if self.config.tls_cert else "http"
         self.url = f"{scheme}://{self._url_host()}:{port}"
         await self._resume()
+        self._watch(self.reaper.start())
         self._start_scheduler()
         self._store_ok_at = time.time()  # it just answered every resume query
         await self.webhooks.start()
@@ -133,8 +150,8 @@ class Controller:
         if sdnotify.watchdog_interval() is not None:  # systemd asked for pings
             self._watch(asyncio.create_task(
                 sdnotify.watchdog_loop(self.healthy, self.status_line), name="watchdog"))
-        write_secret_file(self.state_dir / "controller.json",
-                          json.dumps({"url": self.url, "pid": os.getpid()}))
+        atomic_write(self.state_dir / "controller.json",
+                     json.dumps({"url": self.url, "pid": os.getpid()}))
         log.info("controller started", url=self.url, state_dir=str(self.state_dir),
                  live_jobs=len(self.runners))
 
@@ -223,22 +240,18 @@ class Controller:
             self.price_book.observe((cloud, region, zone, itype), price, at)
 
     async def _resume(self) -> None:
-        """Re-attach to every unfinished job and finish cleaning up after ended ones."""
+        """Re-attach to every unfinished job; the reaper, started next, finishes cleaning
+        up after every attempt that ended (a crash may have come before its terminate)."""
         await self._load_evidence()
         job_ids = await self.store.call(self.store.sync.live_job_ids)
         for job_id in job_ids:
             self.start_runner(job_id)
-        for attempt in await self.store.call(self.store.sync.unreleased_attempts):
-            if attempt.job_id not in self.runners and attempt.status == "ended":
-                await self._release_orphan(attempt)
 
-    async def _release_orphan(self, attempt: st.Attempt) -> None:
-        try:
-            await self.providers[attempt.cloud].terminate(attempt.instance_ids)
-            await self.store.call(self.store.sync.mark_released, attempt.id)
-        except ProviderError as err:
-            log.warning("could not release instances; will retry", attempt=attempt.id,
-                        error=str(err))
+    def _released(self, attempt: st.Attempt) -> None:
+        """The reaper confirmed an attempt's instances gone: its job may go on (the go gate
+        of a replacement waits for exactly this)."""
+        self.forget_attempt(attempt.id)
+        self.post(attempt.job_id, Message("wake"))
 
     def _start_scheduler(self) -> None:
         self._scheduler = AsyncIOScheduler()
@@ -265,19 +278,48 @@ class Controller:
                                                         name=f"job-{job_id}")
 
     async def _run_job(self, runner: JobRunner) -> None:
+        """Run a job's runner; restart it after a cloud error (with backoff, for ever: an
+        outage is not the job's fault) or a crash (up to RUNNER_CRASH_BUDGET in a row, then
+        the job fails with the error: a deterministic bug must not loop for ever)."""
+        crashes = provider_errors = 0
         try:
             while True:
+                started = time.monotonic()
                 try:
                     await runner.run()
                     return
                 except ProviderError as err:
+                    stable = time.monotonic() - started > RUNNER_STABLE_AFTER
+                    provider_errors = 1 if stable else provider_errors + 1
                     runner.log.warning("provider call failed; retrying", error=str(err))
-                except Exception:  # noqa: BLE001 - one job's bug must not stop the others
-                    runner.log.exception("job runner crashed; restarting it")
-                await asyncio.sleep(RUNNER_RESTART_DELAY)
+                except Exception as err:  # noqa: BLE001 - one job's bug must not stop the others
+                    stable = time.monotonic() - started > RUNNER_STABLE_AFTER
+                    crashes = 1 if stable else crashes + 1
+                    runner.log.exception("job runner crashed", crashes=crashes)
+                    if crashes >= RUNNER_CRASH_BUDGET:
+                        await self._fail_crashed_job(runner.job_id, err, crashes)
+                        return
+                delay = min(RUNNER_MAX_DELAY,
+                            RUNNER_RESTART_DELAY * 2 ** max(0, provider_errors + crashes - 1))
+                await asyncio.sleep(delay)
         finally:
             self.runners.pop(runner.job_id, None)
             self.runner_tasks.pop(runner.job_id, None)
+
+    async def _fail_crashed_job(self, job_id: int, err: Exception, crashes: int) -> None:
+        """End a job whose runner keeps crashing; the reaper releases its instances."""
+        first_line = (str(err).splitlines() or [""])[0][:300]
+        reason = (f"controller error while managing this job ({crashes} crashes in a row): "
+                  f"{type(err).__name__}: {first_line}")
+        job = await self.store.call(self.store.sync.get_job, job_id)
+        target = st.CANCELLED if job.status == st.CANCELLING else st.FAILED
+        try:
+            await self.store.call(self.store.sync.transition, job_id, target, reason)
+        except IllegalTransitionError:
+            return  # it ended meanwhile
+        log.error("job failed: its runner kept crashing", job_id=job_id, error=reason)
+        self.wake_webhooks()
+        self.reaper.wake()
 
     def grant_go(self, attempt_id: int) -> None:
         self.go.add(attempt_id)
@@ -292,6 +334,17 @@ class Controller:
             await asyncio.wait_for(waiter.wait(), wait_s)
         except TimeoutError:
             pass
+
+    def heard(self, attempt_id: int, rank: int) -> None:
+        """An agent of this attempt spoke (any request): it is alive."""
+        self.last_seen[(attempt_id, rank)] = time.monotonic()
+
+    def heard_any(self, attempt_id: int) -> bool:
+        return any(k[0] == attempt_id for k in self.last_seen)
+
+    def launched(self, attempt_id: int) -> None:
+        """The cloud accepted this attempt's launch (instances may not be visible yet)."""
+        self._launched_at[attempt_id] = time.monotonic()
 
     def post(self, job_id: int, msg: Message) -> None:
         runner = self.runners.get(job_id)
@@ -328,8 +381,8 @@ class Controller:
             tags={"skyjobs-controller": self.instance_prefix, "skyjobs-job": str(job.id),
                   "skyjobs-attempt": str(attempt.n)})
 
-    def on_recovery(self, reason: str, attempt: st.Attempt) -> None:
-        cause = reason.split(" (")[0].split(":")[0]
+    def on_recovery(self, cause: str, attempt: st.Attempt) -> None:
+        """Count a recovery by its cause (a closed set: see Metrics.RECOVERY_CAUSES)."""
         self.metrics.recovery(cause)
         if attempt.notice_at is not None:
             self.metrics.notice_latency(time.time() - attempt.notice_at)
@@ -374,6 +427,7 @@ class Controller:
         if waiter is not None:
             waiter.set()  # answer a held heartbeat of an attempt that is over
         self.silent_since.pop(attempt_id, None)
+        self._launched_at.pop(attempt_id, None)
         for key in [k for k in self.last_seen if k[0] == attempt_id]:
             del self.last_seen[key]
 
@@ -415,14 +469,23 @@ class Controller:
                 infos.update(await self.providers[cloud].status(ids))
             except ProviderError as err:
                 log.warning("instance poll failed", cloud=cloud, error=str(err))
-        now = time.time()
+        now = time.monotonic()
         for a in attempts:
-            gone = [infos[i] for i in a.instance_ids
-                    if i in infos and infos[i].state == base.GONE]
+            gone = [infos[i] for i in a.instance_ids if i in infos
+                    and infos[i].state == base.GONE and not self._too_new(a, infos[i])]
             if gone:
                 self.post(a.job_id, Message("gone", a.id, detail=gone[0]))
-            elif a.status == "running" and all(i in infos for i in a.instance_ids):
+            elif (a.status == "running" or self.heard_any(a.id)) and all(
+                    i in infos for i in a.instance_ids):
                 await self._check_silence(a, now)
+
+    def _too_new(self, a: st.Attempt, info: base.InstanceInfo) -> bool:
+        """A just-launched instance the cloud does not list yet (EC2 is eventually
+        consistent) is not gone; only past the grace does "not found" count."""
+        if info.reason != base.NOT_FOUND or a.status == "running":
+            return False
+        since = self._launched_at.get(a.id, self.started_mono)
+        return time.monotonic() - since < self.config.launch_visibility_grace
 
     async def sweep_orphans(self) -> None:
         """Terminate instances this controller launched that no unreleased attempt owns.
@@ -447,26 +510,45 @@ class Controller:
                 log.warning("orphan sweep failed", cloud=cloud, error=str(err))
 
     def _last_heard(self, a: st.Attempt, ranks: Iterable[int], now: float) -> float:
-        return min((self.last_seen.get((a.id, r), self.started_at) for r in ranks), default=now)
+        return min((self.last_seen.get((a.id, r), self.started_mono) for r in ranks),
+                   default=now)
 
     async def _check_silence(self, a: st.Attempt, now: float) -> None:
+        """``now`` is monotonic. Silence and its end are recorded as events (and counted),
+        so a person can see an agent that went quiet before anything is recovered."""
         timeout = self.config.heartbeat_timeout
         # Heartbeats are in memory: the store is asked only about an attempt that went quiet
         # (its nodes that exited are allowed to be quiet).
         if now - self._last_heard(a, range(a.num_nodes), now) < timeout:
-            self.silent_since.pop(a.id, None)
+            await self._not_silent(a, now)
             return
         nodes = await self.store.call(self.store.sync.nodes_of, a.id)
         ranks = [r for r in range(a.num_nodes) if nodes.get(r, ("", None))[0] != "exited"]
         last = self._last_heard(a, ranks, now)
         if now - last < timeout:
-            self.silent_since.pop(a.id, None)
+            await self._not_silent(a, now)
             return
-        since = self.silent_since.setdefault(a.id, last)
+        if a.id not in self.silent_since:
+            self.silent_since[a.id] = last
+            self.metrics.agent_silence("silent")
+            quiet = [r for r in ranks if now - self.last_seen.get((a.id, r), 0.0) >= timeout]
+            await self.store.call(
+                self.store.sync.add_info_event, a.job_id,
+                f"agent on node {', '.join(map(str, quiet)) or '?'} silent for {now - last:.0f}s"
+                f" (recovered as agent lost after silent_window "
+                f"{self.config.silent_window:g}s)", a.n)
+        since = self.silent_since[a.id]
         if now - since >= self.config.silent_window:
             self.post(a.job_id, Message(
                 "silent", a.id, detail=f"agent silent for {now - since:.0f}s on a running "
                                        f"instance (silent_window {self.config.silent_window:g}s)"))
+
+    async def _not_silent(self, a: st.Attempt, now: float) -> None:
+        since = self.silent_since.pop(a.id, None)
+        if since is not None:
+            self.metrics.agent_silence("back")
+            await self.store.call(self.store.sync.add_info_event, a.job_id,
+                                  f"agent is back after {now - since:.0f}s of silence", a.n)
 
     # --- main loop and shutdown ------------------------------------------------------------
 

@@ -36,6 +36,11 @@ NOTICE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
+# Label values are a closed set: free text in a label makes an unbounded number of series.
+RECOVERY_CAUSES = ("notice", "preempted", "lost", "terminated", "agent_lost", "user_error",
+                   "other")
+
+
 class Metrics:
     def __init__(self, hooks: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -43,6 +48,18 @@ class Metrics:
         self.jobs = Gauge("skyjobs_jobs", "Jobs by state.", ["state"], registry=r)
         self.recoveries = Counter("skyjobs_recoveries_total", "Recoveries started, by cause.",
                                   ["cause"], registry=r)
+        for cause in RECOVERY_CAUSES:
+            self.recoveries.labels(cause=cause)
+        self.release_failures = Counter(
+            "skyjobs_release_failures_total",
+            "Failed tries to terminate and confirm gone the instances of an ended attempt "
+            "(each is retried by the reaper).", registry=r)
+        self.agent_silences = Counter(
+            "skyjobs_agent_silence_total",
+            "Agents that went silent on a live instance (silent) and that came back (back).",
+            ["change"], registry=r)
+        for change in ("silent", "back"):
+            self.agent_silences.labels(change=change)
         self.notice_to_recovering = Histogram(
             "skyjobs_notice_to_recovering_seconds",
             "Seconds from a preemption notice reaching the controller to RECOVERING.",
@@ -62,6 +79,12 @@ class Metrics:
         self.webhook_deliveries = Counter("skyjobs_webhook_deliveries_total",
                                           "Webhook deliveries acknowledged with a 2xx.",
                                           ["hook"], registry=r)
+        self.dispatcher_crashes = Counter(
+            "skyjobs_webhook_dispatcher_crashes_total",
+            "Unexpected errors in the webhook dispatcher, by where they struck (each is "
+            "retried after a capped exponential backoff).", ["site"], registry=r)
+        for site in ("loop", "delivery"):
+            self.dispatcher_crashes.labels(site=site)
         self.cost = Gauge("skyjobs_cost_dollars_total",
                           "Cost so far of every job, in USD (at the prices paid).", registry=r)
         self.savings = Gauge("skyjobs_savings_dollars_total",
@@ -74,7 +97,13 @@ class Metrics:
     # --- events, fed as they happen ------------------------------------------------------
 
     def recovery(self, cause: str) -> None:
-        self.recoveries.labels(cause=cause).inc()
+        self.recoveries.labels(cause=cause if cause in RECOVERY_CAUSES else "other").inc()
+
+    def release_failure(self) -> None:
+        self.release_failures.inc()
+
+    def agent_silence(self, change: str) -> None:
+        self.agent_silences.labels(change=change).inc()
 
     def notice_latency(self, seconds: float) -> None:
         self.notice_to_recovering.observe(max(0.0, seconds))
@@ -87,6 +116,9 @@ class Metrics:
 
     def webhook_delivered(self, hook: str) -> None:
         self.webhook_deliveries.labels(hook=hook).inc()
+
+    def webhook_dispatcher_crash(self, site: str) -> None:
+        self.dispatcher_crashes.labels(site=site).inc()
 
     def webhook_failed(self, hook: str) -> None:
         self.webhook_failures.labels(hook=hook).inc()

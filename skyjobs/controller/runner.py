@@ -37,7 +37,15 @@ log = structlog.get_logger("skyjobs.runner")
 
 DRAIN_GRACE = 15.0  # seconds past a notice's deadline before an old attempt is forced out
 NOTICE_SECONDS = {"aws": 120.0, "gcp": 30.0, "local": 30.0}
-PREEMPTED_ENDS = ("preempted", "lost")
+# Only the cloud's own word (a notice, a spot-termination reason) makes a zone look risky.
+PREEMPTED_ENDS = ("preempted",)
+# Why a running attempt ended without the user's code asking for it; each one is a recovery.
+# "lost": the instance vanished without a preemption reason; "terminated": someone outside
+# skyjobs terminated it; "agent_lost": the instance looks alive but its agent went silent.
+RECOVERED_ENDS = ("preempted", "lost", "terminated", "agent_lost")
+# Attempts in a row whose agent never reported on an instance that was up: the agent cannot
+# start there (a bad image, no route to the controller), and no other zone will fix that.
+MAX_AGENT_FAILURES = 3
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class JobRunner:
                     if a.status != "ended":  # e.g. a replacement launched during a migration
                         await self._db(self.s.end_attempt, snap.job.id, a.id, "superseded",
                                        None, "the job ended on another attempt")
+                # Whatever cannot be released now stays with the reaper, which retries.
                 await self._release_all(snap.attempts)
                 return
             try:
@@ -205,7 +214,7 @@ class JobRunner:
         placement = self.ctl.placement_of(attempt)
         try:
             async with self.ctl.launch_slots:
-                await provider.launch(self.ctl.launch_request(job, attempt))
+                infos = await provider.launch(self.ctl.launch_request(job, attempt))
         except CapacityError as err:
             self.tried.add(self._key(placement))
             await self._give_up_attempt(job, attempt, "no_capacity", f"no capacity: {err}",
@@ -220,16 +229,25 @@ class JobRunner:
             self.tried.add(self._key(placement))
             await self._give_up_attempt(job, attempt, "launch_error", f"launch failed: {err}")
             return False
+        dead = [i for i in infos if i.state == base.GONE]
+        if dead:
+            # A replayed launch found instances that are already over (we terminated them
+            # after an earlier error): ids are per attempt, so this attempt cannot run.
+            await self._give_up_attempt(
+                job, attempt, "launch_error",
+                f"launch found instance {dead[0].instance_id} already gone ({dead[0].reason})")
+            return False
+        self.ctl.launched(attempt.id)
         await self._db(self.s.set_attempt_status, attempt.id, "provisioning",
                        zone_events=[self._remember(placement, "launch_ok")])
-        self.tried.clear()
         return True
 
     async def _give_up_attempt(self, job: st.Job, attempt: st.Attempt, reason: str,
                                info: str, zone_events: list[st.ZoneEvent] | None = None) -> None:
-        await self._terminate(attempt)
+        # Ended first, released second: a terminate that fails (or a crash in between) leaves
+        # an ended attempt for the reaper, never a half-dead one that a replay relaunches.
         await self._db(self.s.end_attempt, job.id, attempt.id, reason, None, info, zone_events)
-        await self._db(self.s.mark_released, attempt.id)
+        await self._release(attempt)
 
     async def _no_capacity_round(self, job: st.Job) -> None:
         cfg = self.ctl.config
@@ -271,19 +289,47 @@ class JobRunner:
                 if await self._maybe_migrate(snap, attempt):
                     return
             waits.append(max(0.0, next_check - time.time()))
-        if job.status == st.PROVISIONING:
-            remaining = attempt.created_at + self.ctl.config.provision_timeout - time.time()
+        if job.status == st.PROVISIONING and not snap.nodes \
+                and not self.ctl.heard_any(attempt.id):
+            # Once an agent has spoken, setup may take as long as it takes (its silence is
+            # watched like a running job's); before that, the launch has a deadline. After a
+            # controller restart, agents get a couple of heartbeats' time to be heard again.
+            cfg = self.ctl.config
+            deadline = attempt.created_at + cfg.provision_timeout
+            if attempt.created_at < self.ctl.started_at:
+                deadline = max(deadline, self.ctl.started_at + 2 * cfg.heartbeat_timeout)
+            remaining = deadline - time.time()
             if remaining <= 0:
-                placement = self.ctl.placement_of(attempt)
-                self.tried.add(self._key(placement))
-                await self._give_up_attempt(job, attempt, "provision_timeout",
-                                            "agents did not start before provision_timeout",
-                                            [self._remember(placement, "no_capacity")])
+                await self._provision_timed_out(snap, attempt)
                 return
             waits.append(remaining)
         msg = await self._next_message(min(waits))
         if msg is not None:
             await self._handle(snap, attempt, msg)
+
+    async def _provision_timed_out(self, snap: st.Snapshot, attempt: st.Attempt) -> None:
+        """No agent spoke before provision_timeout. Instances that never came up mean no
+        capacity; instances that are up with a silent agent mean the agent cannot start
+        there, which is not the zone's fault and must not loop for ever."""
+        job, placement = snap.job, self.ctl.placement_of(attempt)
+        provider = self.ctl.providers[attempt.cloud]
+        infos = await provider.status(attempt.instance_ids)
+        up = [i for i in attempt.instance_ids
+              if (infos.get(i) or base.InstanceInfo(i, base.PENDING)).state == base.RUNNING]
+        self.tried.add(self._key(placement))
+        if len(up) < attempt.num_nodes:
+            await self._give_up_attempt(job, attempt, "provision_timeout",
+                                        "instances did not come up before provision_timeout",
+                                        [self._remember(placement, "no_capacity")])
+            return
+        failures = 1 + agent_failure_streak(snap.attempts, attempt.id)
+        info = (f"the agent never reported on running instance {up[0]} within "
+                f"provision_timeout ({self.ctl.config.provision_timeout:g}s)")
+        await self._give_up_attempt(job, attempt, "agent_failed", info)
+        if failures >= MAX_AGENT_FAILURES:
+            await self._db(self.s.transition, job.id, st.FAILED,
+                           f"{info}, on {failures} attempts in a row; see the instance's "
+                           "console or boot log", expect=frozenset({st.PROVISIONING}))
 
     async def _handle(self, snap: st.Snapshot, attempt: st.Attempt, msg: Message) -> None:
         if msg.attempt_id is not None and msg.attempt_id != attempt.id:
@@ -298,11 +344,11 @@ class JobRunner:
                                     keep_running=True)
         elif msg.kind == "gone":
             info: base.InstanceInfo = msg.detail
-            why = "preempted" if info.reason in (base.PREEMPTED, base.LOST) else "lost"
+            why = GONE_ENDS.get(info.reason or "", "lost")
             await self._recover(snap.job, attempt, why,
                                 f"instance {info.instance_id} is gone ({info.reason})")
         elif msg.kind == "silent":
-            await self._recover(snap.job, attempt, "lost", str(msg.detail))
+            await self._recover(snap.job, attempt, "agent_lost", str(msg.detail))
         # phase, exit, wake and cancel: the next step re-reads the store and acts.
 
     async def _evaluate(self, snap: st.Snapshot, attempt: st.Attempt) -> bool:
@@ -312,9 +358,12 @@ class JobRunner:
         if outcome is None:
             if job.status == st.PROVISIONING and decide.all_in(nodes, attempt.num_nodes,
                                                                "running"):
+                # Real progress: only now do the no-capacity rounds and tried zones start over.
                 await self._db(self.s.transition, job.id, st.RUNNING,
                                f"running on {attempt.placement_label()}",
-                               running_attempt=attempt.id, expect=frozenset({st.PROVISIONING}))
+                               running_attempt=attempt.id, job_updates={"launch_rounds": 0},
+                               expect=frozenset({st.PROVISIONING}))
+                self.tried.clear()
                 return True
             if decide.all_in(nodes, attempt.num_nodes, "ready", "running"):
                 await self._drain_source(snap)
@@ -367,10 +416,11 @@ class JobRunner:
         self.ctl.drain.add(source.id)
 
     def _maybe_go(self, snap: st.Snapshot, attempt: st.Attempt) -> None:
-        """Let run start only once every earlier attempt is over (one may still be writing
-        its last checkpoint during its notice)."""
+        """Let run start only once every earlier attempt is over and its instances are
+        confirmed gone (one may still be writing its last checkpoint during its notice, and
+        a terminate may have failed): the fence that keeps two attempts from running."""
         if attempt.id not in self.ctl.go and all(
-                a.status == "ended" for a in snap.attempts if a.id != attempt.id):
+                a.status == "ended" and a.released for a in snap.attempts if a.id != attempt.id):
             self.ctl.grant_go(attempt.id)
 
     def _exposure(self, attempt: st.Attempt) -> list[st.ZoneEvent]:
@@ -395,7 +445,7 @@ class JobRunner:
         instances until its job exits or the notice runs out, so it can checkpoint."""
         updates: dict[str, Any] = {}
         preempted = keep_running or end_reason in PREEMPTED_ENDS
-        if preempted:
+        if keep_running or end_reason in RECOVERED_ENDS:
             updates["recovery_count"] = job.recovery_count + 1
         if restart:
             updates["restart_count"] = job.restart_count + 1
@@ -408,8 +458,9 @@ class JobRunner:
         await self._db(self.s.transition, job.id, st.RECOVERING, reason, exit_code=exit_code,
                        end_attempt=end, job_updates=updates, zone_events=events,
                        expect=frozenset({st.RUNNING, st.PROVISIONING}))
-        if preempted:
-            self.ctl.on_recovery(reason, attempt)
+        self.ctl.on_recovery("notice" if keep_running else
+                             "user_error" if end_reason == "failed" else str(end_reason),
+                             attempt)
         if end is not None:
             await self._release(attempt)
         self.log.info("recovering", attempt=attempt.n, reason=reason)
@@ -431,15 +482,22 @@ class JobRunner:
         return next_wait
 
     async def _old_attempt_message(self, snap: st.Snapshot, msg: Message) -> None:
-        a = next((a for a in snap.attempts if a.id == msg.attempt_id), None)
-        if a is None or a.status == "ended":
+        if not any(a.id == msg.attempt_id for a in snap.attempts):
+            return
+        # Fresh, not from the snapshot: this step may itself have asked it to drain.
+        a: st.Attempt = await self._db(self.s.get_attempt, msg.attempt_id)
+        if a.status == "ended":
             return
         if msg.kind == "exit":
             nodes = await self._db(self.s.nodes_of, a.id)
             outcome = decide.attempt_outcome(nodes, a.num_nodes, False)
             if outcome is None:
                 return
-            if a.notice_at is None and outcome.exit_code == 0:
+            # A drain was asked for (recorded before the agent could hear it) and the job
+            # exited: it checkpointed and left, whatever its exit code. Only an exit 0 that
+            # no drain can have caused means the job really finished on the old placement.
+            drained = a.notice_deadline is not None
+            if a.notice_at is None and outcome.exit_code == 0 and not drained:
                 await self._source_finished(snap, a)
             elif a.notice_at is None:
                 await self._end_old(snap.job, a, "left for a spot placement", "migrated")
@@ -469,20 +527,41 @@ class JobRunner:
             if a.status != "ended":
                 await self._db(self.s.end_attempt, snap.job.id, a.id, "cancelled", None,
                                "cancelled")
-        await self._release_all(snap.attempts)
+        if not await self._release_all(snap.attempts):
+            # CANCELLED means nothing is left running: stay CANCELLING until the reaper
+            # has confirmed every instance gone (it wakes this runner when it has).
+            await self._next_message(RELEASE_WAIT)
+            return
         await self._db(self.s.transition, snap.job.id, st.CANCELLED, "cancelled by user",
                        expect=frozenset({st.CANCELLING}))
 
-    async def _terminate(self, attempt: st.Attempt) -> None:
-        await self.ctl.providers[attempt.cloud].terminate(attempt.instance_ids)
+    async def _release(self, attempt: st.Attempt) -> bool:
+        """Terminate an ended attempt's instances and confirm them gone; on failure the
+        reaper keeps retrying (the go gate waits for it)."""
+        return await self.ctl.reaper.release(attempt)
 
-    async def _release(self, attempt: st.Attempt) -> None:
-        """Terminate an ended attempt's instances, then remember that they are gone."""
-        await self._terminate(attempt)
-        await self._db(self.s.mark_released, attempt.id)
-        self.ctl.forget_attempt(attempt.id)
-
-    async def _release_all(self, attempts: list[st.Attempt]) -> None:
+    async def _release_all(self, attempts: list[st.Attempt]) -> bool:
+        done = True
         for a in attempts:
             if not a.released:
-                await self._release(a)
+                done = await self._release(a) and done
+        return done
+
+
+# How the cloud's word on a vanished instance is recorded (see RECOVERED_ENDS).
+GONE_ENDS = {base.PREEMPTED: "preempted", base.LOST: "lost", base.NOT_FOUND: "lost",
+             base.TERMINATED: "terminated"}
+RELEASE_WAIT = 30.0  # a runner waiting on the reaper looks again at least this often
+
+
+def agent_failure_streak(attempts: list[st.Attempt], before_id: int) -> int:
+    """Attempts in a row, up to ``before_id``, that ended because their agent never
+    reported; counted from the store, so a restarted controller carries the count on."""
+    streak = 0
+    for a in reversed([a for a in attempts if a.id < before_id]):
+        if a.end_reason == "agent_failed":
+            streak += 1
+        elif a.running_at is not None or a.end_reason not in ("no_capacity", "launch_error",
+                                                                "provision_timeout"):
+            break
+    return streak

@@ -482,8 +482,8 @@ class SyncStore:
             previous = self._cas(c, job_id, target, expect, updates, now)
             attempt_n, placement = None, None
             if end_attempt is not None:
-                attempt_n, placement = self._end_attempt(c, end_attempt[0], end_attempt[1],
-                                                         exit_code, now)
+                attempt_n, placement = self._end_attempt(c, job_id, end_attempt[0],
+                                                         end_attempt[1], exit_code, now)
             self._event(c, job_id, "transition", previous, target, reason, exit_code,
                         attempt_n, placement, now)
         return previous
@@ -524,11 +524,25 @@ class SyncStore:
             row = c.execute("SELECT * FROM attempts WHERE id=?", (attempt_id,)).fetchone()
         return _attempt(row)
 
-    def _end_attempt(self, c: sqlite3.Connection, attempt_id: int, end_reason: str,
-                     exit_code: int | None, now: float) -> tuple[int, str]:
+    @staticmethod
+    def _attempt_row(c: sqlite3.Connection, job_id: int, attempt_id: int) -> sqlite3.Row:
+        """The attempt, which must be one of this job's: a write through the wrong job's
+        id would move one job on another's instances."""
         row = c.execute("SELECT * FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+        if row is None or row["job_id"] != job_id:
+            raise NotFoundError(f"job {job_id} has no attempt {attempt_id}")
+        return row
+
+    @staticmethod
+    def _require_job(c: sqlite3.Connection, job_id: int) -> sqlite3.Row:
+        row = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"attempt {attempt_id} does not exist")
+            raise NotFoundError(f"job {job_id} does not exist")
+        return row
+
+    def _end_attempt(self, c: sqlite3.Connection, job_id: int, attempt_id: int,
+                     end_reason: str, exit_code: int | None, now: float) -> tuple[int, str]:
+        row = self._attempt_row(c, job_id, attempt_id)
         if row["status"] != "ended":
             c.execute("UPDATE attempts SET status='ended', ended_at=?, end_reason=?, exit_code=?"
                       " WHERE id=?", (now, end_reason, exit_code, attempt_id))
@@ -538,20 +552,20 @@ class SyncStore:
     def end_attempt(self, job_id: int, attempt_id: int, end_reason: str,
                     exit_code: int | None, info: str,
                     zone_events: list[ZoneEvent] | None = None) -> None:
-        """End an attempt without a job transition (e.g. a launch that found no capacity)."""
+        """End an attempt without a job transition (e.g. a launch that found no capacity).
+        Ending an attempt that has already ended changes nothing and records nothing."""
         now = time.time()
         with self._tx() as c:
+            if self._attempt_row(c, job_id, attempt_id)["status"] == "ended":
+                return
             for event in zone_events or ():
                 self._zone_event(c, *event, now=now)
-            n, label = self._end_attempt(c, attempt_id, end_reason, exit_code, now)
+            n, label = self._end_attempt(c, job_id, attempt_id, end_reason, exit_code, now)
             self._event(c, job_id, "info", None, None, info, exit_code, n, label, now)
 
     def set_attempt_status(self, attempt_id: int, status: str, *, running: bool = False,
                            zone_events: list[ZoneEvent] | None = None) -> None:
         with self._tx() as c:
-            if status == "provisioning":  # a launch went through: the no-capacity streak ends
-                c.execute("UPDATE jobs SET launch_rounds=0 WHERE id=(SELECT job_id FROM"
-                          " attempts WHERE id=?)", (attempt_id,))
             for event in zone_events or ():
                 self._zone_event(c, *event, now=time.time())
             if running:
@@ -567,6 +581,7 @@ class SyncStore:
         move the job to RECOVERING in the same transaction, so the controller acts the
         moment it hears. Returns True when the job moved."""
         with self._tx() as c:
+            self._attempt_row(c, job_id, attempt_id)
             cur = c.execute("UPDATE attempts SET notice_at=?, notice_deadline=? WHERE id=?"
                             " AND notice_at IS NULL", (at, deadline, attempt_id))
             if cur.rowcount == 0:
@@ -590,9 +605,9 @@ class SyncStore:
         """Leave a running attempt for a better placement: RUNNING -> RECOVERING while the
         old attempt keeps running until its replacement is ready (no recovery is counted)."""
         with self._tx() as c:
-            job = c.execute("SELECT current_attempt FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if job is None or job["current_attempt"] != attempt_id:
-                raise IllegalTransitionError(job_id, None, RECOVERING)
+            job = self._require_job(c, job_id)
+            if job["current_attempt"] != attempt_id:
+                raise IllegalTransitionError(job_id, job["status"], RECOVERING)
             previous = self._cas(c, job_id, RECOVERING, frozenset({RUNNING}),
                                  {"reason": reason}, time.time())
             n = c.execute("SELECT n FROM attempts WHERE id=?", (attempt_id,)).fetchone()[0]
@@ -601,6 +616,10 @@ class SyncStore:
     def abort_migration(self, job_id: int, source_id: int, reason: str) -> None:
         """No better placement came up: the job goes on where it still runs."""
         with self._tx() as c:
+            source = self._attempt_row(c, job_id, source_id)
+            if source["status"] == "ended":  # it exited meanwhile: there is nothing to stay on
+                raise IllegalTransitionError(job_id, self._require_job(c, job_id)["status"],
+                                             RUNNING)
             previous = self._cas(c, job_id, RUNNING, frozenset({PROVISIONING, RECOVERING}),
                                  {"current_attempt": source_id, "reason": reason}, time.time())
             c.execute("UPDATE attempts SET notice_deadline=NULL WHERE id=?", (source_id,))
@@ -642,10 +661,21 @@ class SyncStore:
         rows = self.conn.execute("SELECT * FROM attempts WHERE released=0 ORDER BY id").fetchall()
         return [_attempt(r) for r in rows]
 
+    def attempts_to_release(self) -> list[Attempt]:
+        """Attempts whose instances must go: ended ones not yet released, and every
+        unreleased attempt of a job that has ended (whoever ended it)."""
+        marks = ",".join("?" * len(TERMINAL))
+        rows = self.conn.execute(
+            "SELECT a.* FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.released=0"
+            f" AND (a.status='ended' OR j.status IN ({marks})) ORDER BY a.id",
+            tuple(TERMINAL)).fetchall()
+        return [_attempt(r) for r in rows]
+
     def no_capacity_round(self, job_id: int) -> int:
         """Count one more round in which every candidate lacked capacity; returns the count
         (durable, so a restarted controller does not start FAILED_NO_RESOURCE over)."""
         with self._tx() as c:
+            self._require_job(c, job_id)
             c.execute("UPDATE jobs SET launch_rounds=launch_rounds+1 WHERE id=?", (job_id,))
             return int(c.execute("SELECT launch_rounds FROM jobs WHERE id=?",
                                  (job_id,)).fetchone()[0])

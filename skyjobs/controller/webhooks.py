@@ -33,6 +33,14 @@ every queued event arrives, in order. Retries back off exponentially with full j
 (uniform in ``[0, min(backoff_max, backoff_initial * 2**attempts))``) and never give up;
 ``skyjobs_webhook_backlog`` and ``skyjobs_webhook_failures_total`` show a stuck receiver.
 
+Crashes: an unexpected error in the dispatcher itself (the store raising, say, on a full
+disk) is not a receiver's failure and has no outbox row to park. The loop survives it, logs
+it, counts it in ``skyjobs_webhook_dispatcher_crashes_total`` and pauses dispatching for an
+exponentially growing, capped while (``crash_backoff_initial`` doubling up to
+``crash_backoff_max``; wake-ups do not cut the pause short), starting over after the next
+clean round. A delivery that crashes after its POST (its outcome could not be recorded) holds
+its row back in memory the same way, so a broken store never turns into a stream of resends.
+
 Ordering: ``due_deliveries`` returns only the oldest undelivered row of each (job, hook), so
 a receiver hears one job's events in order; different jobs go concurrently, at most
 ``concurrency`` requests in flight per hook, so a slow or dead receiver can neither stall
@@ -184,7 +192,8 @@ class WebhookDispatcher:
     def __init__(self, store: Store, hooks: list[WebhookConfig], *, concurrency: int = 16,
                  timeout: float = 10.0, backoff_initial: float = 2.0,
                  backoff_max: float = 600.0, poll_interval: float = 1.0, batch: int = 100,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, crash_backoff_initial: float = 1.0,
+                 crash_backoff_max: float = 60.0) -> None:
         self.store = store
         self.hooks = {h.name: h for h in hooks}
         self.concurrency = concurrency  # per hook
@@ -194,6 +203,12 @@ class WebhookDispatcher:
         self.poll_interval = poll_interval
         self.batch = batch
         self.metrics = metrics
+        self.crash_backoff_initial = crash_backoff_initial
+        self.crash_backoff_max = crash_backoff_max
+        self._crash_streak = 0  # loop rounds in a row that crashed
+        # Rows whose delivery crashed: consecutive crashes, and when they may go again.
+        self._row_crashes: dict[int, int] = {}
+        self._held: dict[int, float] = {}
         self.stats = {name: HookStats() for name in self.hooks}
         self._wake = asyncio.Event()
         self._inflight: dict[int, asyncio.Task[None]] = {}
@@ -236,6 +251,11 @@ class WebhookDispatcher:
             await self._session.close()
             self._session = None
 
+    @property
+    def crash_streak(self) -> int:
+        """Dispatch rounds in a row that crashed; 0 when the dispatcher is healthy."""
+        return self._crash_streak
+
     def wake(self) -> None:
         """Look at the outbox now (after a transition) rather than at the next poll."""
         self._wake.set()
@@ -270,7 +290,18 @@ class WebhookDispatcher:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            await self._dispatch_due()
+            try:
+                await self._dispatch_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - the outbox keeps the work; retry later
+                # Sleep, not the wake event: every transition wakes us, and a broken store
+                # must not be hammered once per transition.
+                await asyncio.sleep(self._loop_crashed(err))
+                continue
+            if self._crash_streak:
+                log.info("webhook dispatcher recovered", crashes=self._crash_streak)
+                self._crash_streak = 0
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
             # races with the wake-up, and stop() would then wait forever.
             with contextlib.suppress(TimeoutError):
@@ -282,8 +313,9 @@ class WebhookDispatcher:
         limit = self.batch + len(self._inflight)
         rows = await self.store.call(self.store.sync.due_deliveries, time.time(), limit)
         orphans: dict[str, list[int]] = {}
+        now = time.monotonic()
         for row in rows:
-            if row["id"] in self._inflight:
+            if row["id"] in self._inflight or self._held.get(row["id"], 0.0) > now:
                 continue
             hook = self.hooks.get(row["hook"])
             if hook is None:
@@ -318,11 +350,12 @@ class WebhookDispatcher:
                 self._delivered(hook.name)
             else:
                 await self._failed(hook.name, row, result.error or "failed")
+            self._row_crashes.pop(row["id"], None)
+            self._held.pop(row["id"], None)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - one bad row must not stop the dispatcher
-            log.exception("webhook delivery crashed; will retry", hook=hook.name,
-                          outbox_id=row["id"])
+        except Exception as err:  # noqa: BLE001 - one bad row must not stop the dispatcher
+            self._delivery_crashed(hook.name, row["id"], err)
         finally:
             # Only now, after the mark, may the loop see this (job, hook) again: earlier it
             # would send the same row twice.
@@ -391,6 +424,39 @@ class WebhookDispatcher:
 
         timer = loop.call_later(delay, fire)
         self._timers.add(timer)
+
+    def _count_crash(self, site: str) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook_dispatcher_crash(site)
+
+    def _loop_crashed(self, err: Exception) -> float:
+        """Record one crash of the dispatch loop; returns how long to pause."""
+        self._crash_streak += 1
+        delay = self.crash_delay(self._crash_streak)
+        self._count_crash("loop")
+        # The traceback once per streak; the repeats say only what and how often.
+        log.error("webhook dispatcher crashed; retrying after a pause",
+                  error=f"{type(err).__name__}: {err}", crashes=self._crash_streak,
+                  retry_in=round(delay, 3), exc_info=self._crash_streak == 1)
+        return delay
+
+    def _delivery_crashed(self, hook: str, outbox_id: int, err: Exception) -> None:
+        """Hold a row whose delivery crashed (its outcome may be unrecorded) out of the
+        next rounds for a while, or the loop would send it again at once, for ever."""
+        crashes = self._row_crashes[outbox_id] = self._row_crashes.get(outbox_id, 0) + 1
+        delay = self.crash_delay(crashes)
+        self._held[outbox_id] = time.monotonic() + delay
+        self._count_crash("delivery")
+        log.error("webhook delivery crashed; will retry", hook=hook, outbox_id=outbox_id,
+                  error=f"{type(err).__name__}: {err}", crashes=crashes,
+                  retry_in=round(delay, 3), exc_info=crashes == 1)
+        self._wake_later(delay)
+
+    def crash_delay(self, crashes: int) -> float:
+        """The pause after the ``crashes``-th crash in a row: doubling from the initial
+        value, capped (no jitter: one dispatcher, nothing to spread out)."""
+        exponent = min(max(crashes, 1) - 1, 60)
+        return min(self.crash_backoff_max, self.crash_backoff_initial * 2.0 ** exponent)
 
     def backoff(self, attempts: int) -> float:
         """Full jitter: uniform in [0, min(max, initial * 2**attempts))."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from skyjobs.config import WebhookConfig, load_config
 from skyjobs.controller import store as st
+from skyjobs.controller import webhooks
 from skyjobs.controller.daemon import Controller
 from skyjobs.controller.metrics import Metrics
 from skyjobs.controller.store import Store
@@ -466,3 +468,121 @@ async def test_a_controller_job_life_reaches_the_receiver(tmp_path: Path,
     assert events[0]["recovery_count"] == 1 and events[0]["placement"]
     assert events[2]["exit_code"] == 0 and events[2]["cost_so_far"] >= 0
     assert all(verified(r) for r in receiver.acked)
+
+
+# --- the dispatcher's own crashes ----------------------------------------------------------
+
+class Flaky:
+    """Wraps one SyncStore method: counts calls and raises while ``broken``."""
+
+    def __init__(self, real: Callable[..., Any]) -> None:
+        self.real = real
+        self.broken = True
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.real(*args, **kwargs)
+
+
+class Log:
+    """Stands in for the module's structlog logger and keeps what was logged."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        return lambda event, **kw: self.lines.append((level, event, kw))
+
+    def events(self, level: str) -> list[dict[str, Any]]:
+        return [kw for lvl, _, kw in self.lines if lvl == level]
+
+
+def crashes(metrics: Metrics, site: str) -> float:
+    value = metrics.registry.get_sample_value("skyjobs_webhook_dispatcher_crashes_total",
+                                              {"site": site})
+    return value or 0.0
+
+
+CRASH = {"crash_backoff_initial": 0.02, "crash_backoff_max": 0.2}
+
+
+def test_crash_delay_doubles_up_to_the_cap() -> None:
+    d = WebhookDispatcher.__new__(WebhookDispatcher)
+    d.crash_backoff_initial, d.crash_backoff_max = 0.5, 8.0
+    assert [d.crash_delay(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 8, 8]
+    assert d.crash_delay(10**6) == 8.0
+
+
+async def test_a_store_failure_in_the_loop_backs_off_and_recovers(
+        world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    hooks = [hook("ops", receiver)]
+    store = world.open(hooks)
+    flaky = Flaky(store.sync.due_deliveries)
+    monkeypatch.setattr(store.sync, "due_deliveries", flaky)
+    logged = Log()
+    monkeypatch.setattr(webhooks, "log", logged)
+    metrics = Metrics(hooks=["ops"])
+    assert crashes(metrics, "loop") == 0.0  # exported before anything happens
+    d = await world.dispatcher(hooks, metrics=metrics, **CRASH)
+    job = await new_job(store)
+    # ~1.5 s of a broken store, with a wake-up every 5 ms as busy runners would send.
+    # Pauses of 0.02, 0.04, ... 0.2 s make about 10 tries; a retry with no pause would make
+    # thousands. A wake-up must not cut a pause short.
+    for _ in range(300):
+        d.wake()
+        await asyncio.sleep(0.005)
+    assert d.task is not None and not d.task.done(), "the loop must survive the crash"
+    assert 3 <= flaky.calls <= 40, flaky.calls
+    assert d.crash_streak == flaky.calls or d.crash_streak == flaky.calls - 1
+    assert crashes(metrics, "loop") >= flaky.calls - 1
+    errors = logged.events("error")
+    assert len(errors) in (flaky.calls, flaky.calls - 1)  # one line per crash, no more
+    assert all("disk I/O error" in e["error"] for e in errors)
+    assert [e["exc_info"] for e in errors[:2]] == [True, False]  # one traceback per streak
+    assert max(e["retry_in"] for e in errors) == 0.2  # the cap
+
+    flaky.broken = False
+    await until("the delivery after the store came back", lambda: receiver.acked_for(job))
+    await until("a clean round", lambda: d.crash_streak == 0)
+    assert any(event == "webhook dispatcher recovered" for _, event, _ in logged.lines)
+
+    # A clean round starts the backoff over: the next crash pauses the initial 0.02 s.
+    logged.lines.clear()
+    flaky.broken = True
+    await until("a new crash", lambda: logged.events("error"))
+    assert logged.events("error")[0]["crashes"] == 1
+    assert logged.events("error")[0]["retry_in"] == 0.02
+    flaky.broken = False
+    await drive(store, job, [st.PROVISIONING])
+    await until("the next event", lambda: len(receiver.acked_for(job)) == 2)
+
+
+async def test_a_delivery_whose_outcome_cannot_be_recorded_is_not_resent_in_a_loop(
+        world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    hooks = [hook("ops", receiver)]
+    store = world.open(hooks)
+    flaky = Flaky(store.sync.mark_delivered)
+    monkeypatch.setattr(store.sync, "mark_delivered", flaky)
+    monkeypatch.setattr(webhooks, "log", Log())
+    metrics = Metrics(hooks=["ops"])
+    d = await world.dispatcher(hooks, metrics=metrics, **CRASH)
+    job = await new_job(store)
+    for _ in range(300):  # ~1.5 s, as above
+        d.wake()
+        await asyncio.sleep(0.005)
+    # The receiver acks every POST but the store cannot record it: the row is sent again,
+    # after a growing pause (about 10 times here), never back to back.
+    assert 2 <= len(receiver.requests) <= 40, len(receiver.requests)
+    assert len({r.key for r in receiver.requests}) == 1  # the same delivery each time
+    assert crashes(metrics, "delivery") >= len(receiver.requests) - 1
+    assert d.task is not None and not d.task.done()
+    flaky.broken = False
+    await until("the outbox to drain", lambda: store.sync.outbox_stats()["backlog"] == 0)
+    sent = len(receiver.requests)
+    await drive(store, job, [st.PROVISIONING])
+    await until("the next event", lambda: len(receiver.acked_for(job)) == sent + 1)
+    assert [r.payload["to"] for r in receiver.acked_for(job)][-2:] == [st.PENDING,
+                                                                       st.PROVISIONING]

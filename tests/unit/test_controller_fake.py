@@ -292,7 +292,9 @@ async def test_job_that_finishes_while_moving_succeeds(spot_again: dict[str, boo
     await until("a spot replacement", lambda: h.ctl.store.sync.get_job(
         job_id).current_attempt != old)
     await h.agent(old, {"kind": "exit", "exit_code": 0, "rank": 0})
-    j = await h.wait_status(job_id, "SUCCEEDED")
-    ends = [a["end_reason"] for a in j["attempt_list"]]
-    assert ends[0] == "succeeded" and ends[1] in ("superseded", "no_capacity")
+    await h.wait_status(job_id, "SUCCEEDED")
     await until("nothing left running", lambda: not h.fake.alive())
+    await until("every attempt released", lambda: all(
+        a.released for a in h.ctl.store.sync.attempts_of(job_id)))
+    ends = [a["end_reason"] for a in (await h.job(job_id))["attempt_list"]]
+    assert ends[0] == "succeeded" and ends[1] in ("superseded", "no_capacity")

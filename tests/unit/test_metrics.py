@@ -67,7 +67,8 @@ def test_counters_and_histograms() -> None:
 def test_registry_is_private() -> None:
     a, b = Metrics(), Metrics()
     a.recovery("preempted")
-    assert scrape(b).get(("skyjobs_recoveries_total", (("cause", "preempted"),))) is None
+    assert scrape(a)[("skyjobs_recoveries_total", (("cause", "preempted"),))] == 1
+    assert scrape(b)[("skyjobs_recoveries_total", (("cause", "preempted"),))] == 0
     assert REGISTRY.get_sample_value("skyjobs_recoveries_total", {"cause": "preempted"}) is None
 
 

@@ -157,9 +157,13 @@ def test_cost_and_saving_come_from_the_attempt_prices(tmp_path: Path) -> None:
     assert payload["saving_so_far"] >= 0 and payload["placement"] == p.label()
 
 
-def test_no_capacity_rounds_count_until_a_launch_goes_through(db: st.SyncStore) -> None:
+def test_no_capacity_rounds_count_until_the_job_really_runs(db: st.SyncStore) -> None:
     job = db.create_job("j", {"spec": {}}, False, "sky")
     assert [db.no_capacity_round(job) for _ in range(3)] == [1, 2, 3]
     a = db.begin_attempt(job, placement(), 1, "sjx", "first")
     db.set_attempt_status(a.id, "provisioning")
+    # A launch that went through is not progress: its agent may never start.
+    assert db.get_job(job).launch_rounds == 3
+    db.transition(job, st.RUNNING, "running", running_attempt=a.id,
+                  job_updates={"launch_rounds": 0})
     assert db.get_job(job).launch_rounds == 0
