@@ -472,7 +472,7 @@ class Controller:
         now = time.monotonic()
         for a in attempts:
             gone = [infos[i] for i in a.instance_ids if i in infos
-                    and infos[i].state == base.GONE and not self._too_new(a, infos[i])]
+                    and infos[i].state in base.ENDING and not self._too_new(a, infos[i])]
             if gone:
                 self.post(a.job_id, Message("gone", a.id, detail=gone[0]))
             elif (a.status == "running" or self.heard_any(a.id)) and all(

@@ -229,7 +229,7 @@ class JobRunner:
             self.tried.add(self._key(placement))
             await self._give_up_attempt(job, attempt, "launch_error", f"launch failed: {err}")
             return False
-        dead = [i for i in infos if i.state == base.GONE]
+        dead = [i for i in infos if i.state in base.ENDING]
         if dead:
             # A replayed launch found instances that are already over (we terminated them
             # after an earlier error): ids are per attempt, so this attempt cannot run.

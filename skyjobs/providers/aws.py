@@ -137,14 +137,16 @@ def instance_info(instance_id: str, inst: Mapping[str, Any] | None) -> InstanceI
         ip = inst.get("PrivateIpAddress") or inst.get("PublicIpAddress")
         return InstanceInfo(instance_id, base.RUNNING, ip=ip)
     code = inst.get("StateReason", {}).get("Code", "")
+    # shutting-down/stopping: the OS is still stopping the job's processes.
+    state_now = base.STOPPING if state in ("shutting-down", "stopping") else base.GONE
     if code in SPOT_REASONS:
-        return InstanceInfo(instance_id, base.GONE, base.PREEMPTED)
+        return InstanceInfo(instance_id, state_now, base.PREEMPTED)
     if code == "Client.UserInitiatedShutdown":
         # A terminate (or stop) through the API: ours, or a person's in the console; EC2
         # does not say whose, and either way nothing of the cloud took it away.
-        return InstanceInfo(instance_id, base.GONE, base.TERMINATED)
+        return InstanceInfo(instance_id, state_now, base.TERMINATED)
     # The OS shut itself down, a host failure, a failed launch: nobody asked for this.
-    return InstanceInfo(instance_id, base.GONE, base.LOST)
+    return InstanceInfo(instance_id, state_now, base.LOST)
 
 
 class AwsProvider:

@@ -15,7 +15,11 @@ from skyjobs.pricing.catalog import Placement
 # Instance states as the controller sees them.
 PENDING = "pending"
 RUNNING = "running"
+# Terminated (by anyone) but still shutting down: its processes may run for a while yet.
+# For recovery it is as good as gone; for fencing (may a replacement start?) it is not.
+STOPPING = "stopping"
 GONE = "gone"
+ENDING = frozenset({STOPPING, GONE})
 
 # Why an instance is gone.
 PREEMPTED = "preempted"

@@ -88,7 +88,7 @@ def test_client_token_is_stable_and_short() -> None:
     ("pending", "", (base.PENDING, None)),
     ("running", "", (base.RUNNING, None)),
     ("terminated", "Server.SpotInstanceTermination", (base.GONE, base.PREEMPTED)),
-    ("shutting-down", "Server.SpotInstanceTermination", (base.GONE, base.PREEMPTED)),
+    ("shutting-down", "Server.SpotInstanceTermination", (base.STOPPING, base.PREEMPTED)),
     ("stopped", "Server.SpotInstanceShutdown", (base.GONE, base.PREEMPTED)),
     ("terminated", "Client.UserInitiatedShutdown", (base.GONE, base.TERMINATED)),
     ("terminated", "Client.InstanceInitiatedShutdown", (base.GONE, base.LOST)),
