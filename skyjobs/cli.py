@@ -23,8 +23,8 @@ import click
 
 from skyjobs.client import Client, connect
 from skyjobs.config import default_state_dir
-from skyjobs.exceptions import ControllerUnavailableError, SkyjobsError
-from skyjobs.spec import TaskSpec, load_task
+from skyjobs.exceptions import ControllerUnavailableError, SkyjobsError, SpecError
+from skyjobs.spec import TaskSpec, load_task_document, read_task_document
 
 TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_NO_RESOURCE", "CANCELLED"}
 ARCHIVE_EXCLUDES = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
@@ -106,11 +106,15 @@ def build_archive(spec: TaskSpec) -> str | None:
     def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         return None if Path(info.name).name in ARCHIVE_EXCLUDES else info
 
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        if spec.workdir:
-            tar.add(spec.workdir, arcname="workdir", filter=skip)
-        for index, source in enumerate(mounts.values()):
-            tar.add(source, arcname=f"mounts/{index}", filter=skip)
+    try:
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            if spec.workdir:
+                tar.add(spec.workdir, arcname="workdir", filter=skip)
+            for index, source in enumerate(mounts.values()):
+                tar.add(source, arcname=f"mounts/{index}", filter=skip)
+    except OSError as err:  # an unreadable file, a socket, a file gone meanwhile
+        raise SpecError(f"cannot pack {err.filename or 'the workdir'}: "
+                        f"{err.strerror or err}") from None
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -128,11 +132,13 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow
     With no controller configured or reachable, starts a local one in the background.
     """
     overrides = _parse_envs(envs)
-    spec = load_task(file)
+    spec, document = load_task_document(file)
+    spec.with_env_overrides(overrides)  # the controller checks again; fail before autostart
+    archive = build_archive(spec)
     client = obj.client(autostart=True)
     reply = client.post("/api/v1/jobs", {
-        "task": _raw_task(file), "source": str(file), "name": name, "envs": overrides,
-        "archive": build_archive(spec)})
+        "task": _raw_task(document), "source": str(file), "name": name, "envs": overrides,
+        "archive": archive})
     click.echo(reply["id"])
     if follow:
         _follow_logs(client, int(reply["id"]), None)
@@ -142,10 +148,10 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow
         sys.exit(0 if status["status"] == "SUCCEEDED" else 1)
 
 
-def _raw_task(file: Path) -> Any:
-    import yaml
-
-    data = yaml.safe_load(file.read_text(encoding="utf-8"))
+def _raw_task(data: Any) -> Any:
+    """The task document as sent to the controller (a loaded document, or a file's path)."""
+    if isinstance(data, Path):
+        data = read_task_document(data)
     # Paths were checked locally; the controller gets their contents in the archive.
     if isinstance(data, dict):
         data.pop("workdir", None)
@@ -255,7 +261,9 @@ def _follow_logs(client: Client, job_id: int, attempt: int | None, follow: bool 
             if offset == 0 and attempt is None:
                 click.echo(f"=== attempt {current} ===")
             click.echo(reply["data"], nl=False)
-            offset += len(reply["data"].encode())
+            # Byte offsets end to end: the controller says where the next chunk starts (a
+            # chunk never ends inside a UTF-8 character of a live job).
+            offset = int(reply.get("next_offset", offset + len(reply["data"].encode())))
             continue
         if attempt is None and current < reply["attempts"]:
             current, offset = current + 1, 0
@@ -313,8 +321,8 @@ def preempt(obj: Ctx, job_id: int, notice: float) -> None:
 @pass_ctx
 def plan(obj: Ctx, file: Path, as_json: bool) -> None:
     """Show the ranked candidate placements for a task, launching nothing."""
-    load_task(file)
-    reply = obj.client(autostart=True).post("/api/v1/plan", {"task": _raw_task(file),
+    _, document = load_task_document(file)
+    reply = obj.client(autostart=True).post("/api/v1/plan", {"task": _raw_task(document),
                                                              "source": str(file)})
     if as_json:
         click.echo(json.dumps(reply, indent=2))
@@ -409,6 +417,12 @@ def run() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as err:  # noqa: BLE001 - a bug still gets one line, not a traceback
+        if os.environ.get("SKYJOBS_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(err).__name__}: {err} (SKYJOBS_DEBUG=1 shows "
+                   "the traceback)", err=True)
+        sys.exit(1)
 
 
 def start_local_controller(state_dir: Path) -> None:

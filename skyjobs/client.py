@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import ssl
@@ -30,7 +31,10 @@ class Client:
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
+        try:
+            req = urllib.request.Request(url, data=data, method=method)
+        except ValueError as err:  # not an http(s) URL
+            raise ControllerUnavailableError(f"bad controller URL {self.url!r}: {err}") from None
         req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
@@ -38,13 +42,19 @@ class Client:
             if url.startswith("https:") else None
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
-                return json.loads(resp.read() or b"null")
+                raw = resp.read()
         except urllib.error.HTTPError as err:
             raise ApiError(err.code, _error_text(err)) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            # URLError, refused, reset, timeouts, a garbled HTTP answer, a bad header value.
             reason = getattr(err, "reason", err)
             raise ControllerUnavailableError(
                 f"cannot reach the controller at {self.url}: {reason}") from None
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:
+            raise ControllerUnavailableError(
+                f"{self.url} did not answer like a skyjobs controller (not JSON)") from None
 
     def get(self, path: str, **query: Any) -> Any:
         return self._request("GET", path, query=query or None)

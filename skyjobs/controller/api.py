@@ -14,6 +14,8 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -34,9 +36,10 @@ from skyjobs.exceptions import (
     SkyjobsError,
     SpecError,
 )
+from skyjobs.fsutil import atomic_write
 from skyjobs.recovery.placement import match, require_candidates
 from skyjobs.recovery.policy import memory_key
-from skyjobs.spec import TaskSpec, parse_task
+from skyjobs.spec import MAX_NAME_CHARS, MAX_NODES, TaskSpec, check_document, parse_task
 
 if TYPE_CHECKING:
     from skyjobs.controller.daemon import Controller
@@ -44,6 +47,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("skyjobs.api")
 
 MAX_ARCHIVE_BYTES = 100 * 1024 * 1024
+MAX_LOG_CHUNK = 1 << 20
+MAX_CANCEL_IDS = 10_000
+# Every integer from a request fits SQLite's signed 64-bit integer and a file offset.
+INT64_MAX = 2**63 - 1
+EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CTL: web.AppKey[Controller] = web.AppKey("controller")
 
@@ -64,8 +73,8 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         if not _bearer_ok(request, ctl.token):
             return _error(401, "unauthorized")
     elif path.startswith("/agent/"):
-        attempt = request.match_info.get("attempt", "")
-        if not attempt.isdigit() or not _bearer_ok(request, ctl.agent_token(int(attempt))):
+        attempt = _parse_int(request.match_info.get("attempt"), 1, INT64_MAX)
+        if attempt is None or not _bearer_ok(request, ctl.agent_token(attempt)):
             return _error(401, "unauthorized")
     try:
         return await handler(request)
@@ -88,29 +97,67 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _bearer_ok(request: web.Request, expected: str) -> bool:
+    if not expected:
+        return False  # an empty token file must never authorize "Bearer "
     got = request.headers.get("Authorization", "")
-    return got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), expected.encode())
+    if not got.startswith("Bearer "):
+        return False
+    # Header values arrive decoded with surrogateescape; compare the bytes as sent.
+    sent = got[7:].encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sent, expected.encode())
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
+    # JSON is UTF-8 (RFC 8259) whatever charset the Content-Type claims.
+    raw = await request.read()
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError):  # includes JSONDecodeError, 5000-digit ints
         raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    check_document(body, "request body")
     return body
 
 
-def _int(value: str | None, name: str, default: int | None = None) -> int:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _parse_int(value: str | None, lo: int, hi: int) -> int | None:
+    """ASCII digits only (``int()`` takes '١' and '1_0'), within [lo, hi]; else None."""
+    if value is None or not _INTEGER.fullmatch(value):
+        return None
+    n = int(value)
+    return n if lo <= n <= hi else None
+
+
+def _int(value: str | None, name: str, default: int | None = None, lo: int = -INT64_MAX,
+         hi: int = INT64_MAX) -> int:
     if value is None or value == "":
         if default is None:
             raise BadRequest(f"{name} is required")
         return default
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {value!r}") from None
+    n = _parse_int(value, lo, hi)
+    if n is None:
+        raise BadRequest(f"{name} must be an integer from {lo} to {hi}, not {_short(value)}")
+    return n
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _text(value: Any, name: str, default: str) -> str:
+    """An optional short string field of a request body."""
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or len(value) > 4096:
+        raise BadRequest(f"{name} must be a string of at most 4096 characters")
+    return value
 
 
 def _job_id(request: web.Request) -> int:
@@ -126,12 +173,10 @@ async def _db(ctl: Controller, fn: Any, *args: Any, **kwargs: Any) -> Any:
 async def submit(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     body = await _json(request)
-    source = str(body.get("source") or "task")
+    source = _text(body.get("source"), "source", "task")
     spec = parse_task(body.get("task"), source=source)
-    envs = body.get("envs") or {}
-    if not isinstance(envs, dict) or not all(isinstance(v, str) for v in envs.values()):
-        raise BadRequest("envs must be a mapping of NAME to string")
-    spec = spec.with_env_overrides(envs)
+    if body.get("envs") is not None:
+        spec = spec.with_env_overrides(body["envs"], source="envs")
     missing = spec.missing_values()
     if missing:
         raise SpecError(f"{source}: envs.{missing[0]}: needs a value (pass --env {missing[0]}=...)")
@@ -139,11 +184,13 @@ async def submit(request: web.Request) -> web.Response:
         require_candidates(spec, ctl.catalog)
     except SpecError as err:
         raise SpecError(f"{source}: {err}") from None
+    name = _text(body.get("name"), "name", spec.name or Path(source).stem or "job")
+    if len(name) > MAX_NAME_CHARS:
+        raise BadRequest(f"name must be at most {MAX_NAME_CHARS} characters")
+    stored = spec.stored()  # exactly what the runner will validate again
     await _check_buckets(ctl, spec, source)
     archive = await _save_archive(ctl, body.get("archive"))
-    name = str(body.get("name") or spec.name or Path(source).stem or "job")
-    task = {"spec": spec.model_dump(mode="json"), "archive": archive,
-            "local_mounts": list(spec.local_mounts())}
+    task = {"spec": stored, "archive": archive, "local_mounts": list(spec.local_mounts())}
     job_id = await _db(ctl, ctl.store.sync.create_job, name, task, archive is not None, "sky")
     ctl.wake_webhooks()
     ctl.start_runner(job_id)
@@ -192,11 +239,11 @@ async def _save_archive(ctl: Controller, encoded: Any) -> str | None:
 
     def write() -> None:
         # Content-addressed and written before the job row exists: a crash in between
-        # leaves an unused archive, never a job without its files.
+        # leaves an unused archive, never a job without its files. Two submits of one
+        # workdir may both write it: each has its own temporary file, the last rename wins.
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data)
 
     await asyncio.to_thread(write)
     return digest
@@ -211,8 +258,10 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise BadRequest(f"unknown status {unknown[0]!r}")
     limit = min(max(_int(q.get("limit"), "limit", 1000), 1), 10000)
     offset = max(_int(q.get("offset"), "offset", 0), 0)
-    jobs = await _db(ctl, ctl.store.sync.list_jobs, statuses or None, limit, offset,
-                     q.get("name") or None)
+    name = q.get("name") or None
+    if name is not None and len(name) > 4096:
+        raise BadRequest("name is too long")
+    jobs = await _db(ctl, ctl.store.sync.list_jobs, statuses or None, limit, offset, name)
     attempts = await _db(ctl, ctl.store.sync.attempts_for_jobs, [j.id for j in jobs])
     now = time.time()
     rows = [views.job_summary(ctl, j, attempts[j.id], now) for j in jobs]
@@ -239,38 +288,68 @@ async def job_events(request: web.Request) -> web.Response:
 
 
 async def job_logs(request: web.Request) -> web.Response:
+    """A chunk of one node's log from a byte offset. ``next_offset`` is the byte offset to
+    ask for next: the chunk never ends inside a UTF-8 character while the job may still
+    write the rest of it, so a character split across chunks is neither lost nor garbled."""
     ctl = request.app[CTL]
     job = await _db(ctl, ctl.store.sync.get_job, _job_id(request))
     q = request.query
     attempt_n = _int(q.get("attempt"), "attempt", job.attempt_count)
     rank_ = _int(q.get("rank"), "rank", 0)
-    offset = max(_int(q.get("offset"), "offset", 0), 0)
+    offset = _int(q.get("offset"), "offset", 0, lo=0)
     path = views.log_path(ctl, job.id, attempt_n, rank_)
+    final = job.status in st.TERMINAL
 
     def read() -> tuple[bytes, int]:
         try:
             with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if offset >= size:
+                    return b"", size
                 fh.seek(offset)
-                return fh.read(1 << 20), path.stat().st_size
+                return fh.read(MAX_LOG_CHUNK), size
         except FileNotFoundError:
             return b"", 0
 
     data, size = await asyncio.to_thread(read)
+    if not final or offset + len(data) < size:
+        data = data[:_complete_utf8(data)]
     return web.json_response({"attempt": attempt_n, "rank": rank_, "offset": offset,
+                              "next_offset": offset + len(data), "bytes": len(data),
                               "size": size, "data": data.decode(errors="replace"),
                               "attempts": job.attempt_count, "status": job.status})
+
+
+def _complete_utf8(data: bytes) -> int:
+    """Length of data without a trailing, possibly incomplete UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)  # ASCII: nothing pending
+        if byte >= 0xC0:  # a lead byte: complete if all its continuation bytes are here
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)  # only continuation bytes (invalid anyway): pass them on
 
 
 async def cancel(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     body = await _json(request)
-    if body.get("all"):
-        ids = await _db(ctl, ctl.store.sync.live_job_ids)
+    all_, ids = body.get("all", False), body.get("ids")
+    if not isinstance(all_, bool):
+        raise BadRequest("all must be true or false")
+    if all_ and ids is not None:
+        raise BadRequest("give ids or all: true, not both")
+    if not all_:
+        # Every id is checked before any job is touched: a rejected request changes nothing.
+        if not isinstance(ids, list) or not 0 < len(ids) <= MAX_CANCEL_IDS or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 < i <= INT64_MAX
+                for i in ids):
+            raise BadRequest(f"ids must be a list of 1 to {MAX_CANCEL_IDS} job ids "
+                             "(or all: true)")
+        ids = list(dict.fromkeys(ids))
     else:
-        ids = body.get("ids")
-        if not isinstance(ids, list) or not ids or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise BadRequest("ids must be a non-empty list of job ids (or all: true)")
+        ids = await _db(ctl, ctl.store.sync.live_job_ids)
     done, skipped = [], []
     cancellable = frozenset(st.LIVE - {st.CANCELLING})
     for job_id in ids:
@@ -296,8 +375,8 @@ async def preempt(request: web.Request) -> web.Response:
     if job.status not in (st.RUNNING, st.PROVISIONING) or job.current_attempt is None:
         raise BadRequest(f"job {job.id} is {job.status}; only a running job can be preempted")
     attempt = await _db(ctl, ctl.store.sync.get_attempt, job.current_attempt)
-    provider = ctl.providers[attempt.cloud]
-    if not hasattr(provider, "set_spot_capacity"):
+    provider = ctl.providers.get(attempt.cloud)
+    if provider is None or not hasattr(provider, "set_spot_capacity"):
         raise BadRequest(f"{attempt.cloud} instances can only be preempted by the cloud")
     issued_at = time.time()
     await provider.preempt(attempt.instance_ids, float(notice))
@@ -344,7 +423,7 @@ async def capacity(request: web.Request) -> web.Response:
     if provider is None or not hasattr(provider, "set_spot_capacity"):
         raise BadRequest("the local provider is not enabled")
     zones = {o.zone for o in ctl.catalog.offerings if o.cloud == "local"}
-    if zone not in zones:
+    if not isinstance(zone, str) or zone not in zones:
         raise BadRequest(f"unknown local zone {zone!r} (zones: {', '.join(sorted(zones))})")
     if not isinstance(available, bool):
         raise BadRequest("spot must be true or false")
@@ -367,7 +446,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def webhook_test(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     name = (await _json(request)).get("name")
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
         raise BadRequest("name must be the name of a configured webhook")
     if ctl.webhooks is None:
         raise NotFoundError("webhooks are not running")
@@ -376,26 +455,43 @@ async def webhook_test(request: web.Request) -> web.Response:
 
 # --- agent API -----------------------------------------------------------------------------
 
+def _attempt_id(request: web.Request) -> int:
+    # Checked by the middleware already (no valid id, no credential).
+    return int(request.match_info["attempt"])
+
+
 async def _attempt(request: web.Request) -> st.Attempt:
     ctl = request.app[CTL]
-    attempt: st.Attempt = await _db(ctl, ctl.store.sync.get_attempt,
-                                    int(request.match_info["attempt"]))
+    attempt: st.Attempt = await _db(ctl, ctl.store.sync.get_attempt, _attempt_id(request))
     return attempt
 
 
-def _rank(request: web.Request, attempt: st.Attempt, value: Any) -> int:
-    rank_ = _int(str(value) if value is not None else None, "rank")
-    if not 0 <= rank_ < attempt.num_nodes:
-        raise BadRequest(f"rank {rank_} is not a node of this attempt")
+def _rank(value: Any, num_nodes: int) -> int:
+    """A node rank from a query string or a JSON body."""
+    if isinstance(value, str) or value is None:
+        rank_ = _int(value, "rank")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        rank_ = value
+    else:
+        raise BadRequest("rank must be an integer")
+    if not 0 <= rank_ < num_nodes:
+        raise BadRequest(f"rank {_short_int(rank_)} is not a node of this attempt")
     return rank_
+
+
+def _short_int(n: int) -> str:
+    return str(n) if abs(n) < 10**20 else "(huge)"
 
 
 async def agent_task(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     attempt = await _attempt(request)
-    _rank(request, attempt, request.query.get("rank"))
+    _rank(request.query.get("rank"), attempt.num_nodes)
     job = await _db(ctl, ctl.store.sync.get_job, attempt.job_id)
-    infos = await ctl.providers[attempt.cloud].status(attempt.instance_ids)
+    provider = ctl.providers.get(attempt.cloud)
+    if provider is None:
+        raise NotFoundError(f"attempt {attempt.id} runs on {attempt.cloud}, not enabled here")
+    infos = await provider.status(attempt.instance_ids)
     return web.json_response(views.agent_task(ctl, job, attempt, infos))
 
 
@@ -411,15 +507,16 @@ async def agent_archive(request: web.Request) -> web.StreamResponse:
 
 async def agent_heartbeat(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
-    attempt_id = int(request.match_info["attempt"])
+    attempt_id = _attempt_id(request)
     body = await _json(request)
-    rank_ = body.get("rank")
-    if not isinstance(rank_, int):
-        raise BadRequest("rank must be an integer")
-    ctl.last_seen[(attempt_id, rank_)] = time.time()
+    # No store read per heartbeat: the rank is checked against the largest possible task.
+    rank_ = _rank(body.get("rank"), MAX_NODES)
     wait = body.get("wait_go") or 0
-    if isinstance(wait, int | float) and wait > 0 and attempt_id not in ctl.go:
-        await ctl.wait_go(attempt_id, min(float(wait), 30.0))
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        raise BadRequest("wait_go must be a number of seconds")
+    ctl.heard(attempt_id, rank_)
+    if wait > 0 and attempt_id not in ctl.go:
+        await ctl.wait_go(attempt_id, float(min(wait, 30)))
     return web.json_response({"go": attempt_id in ctl.go, "drain": attempt_id in ctl.drain})
 
 
@@ -427,60 +524,75 @@ async def agent_event(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     attempt = await _attempt(request)
     body = await _json(request)
-    rank_ = _rank(request, attempt, body.get("rank"))
-    kind = body.get("kind")
+    rank_ = _rank(body.get("rank"), attempt.num_nodes)
+    kind, phase, code = body.get("kind"), body.get("phase"), body.get("exit_code")
+    if kind not in ("notice", "phase", "exit"):
+        raise BadRequest(f"unknown event kind {_short(kind)}")
+    if kind == "phase" and phase not in ("setup", "ready", "running"):
+        raise BadRequest(f"unknown phase {_short(phase)}")
+    if kind == "exit" and (isinstance(code, bool) or not isinstance(code, int)
+                           or not EXIT_CODE_RANGE[0] <= code <= EXIT_CODE_RANGE[1]):
+        raise BadRequest("exit_code must be a 32-bit integer")
     s = ctl.store.sync
-    ctl.last_seen[(attempt.id, rank_)] = time.time()
+    ctl.heard(attempt.id, rank_)
     if kind == "notice" or (kind == "exit" and body.get("noticed")):
         await _record_notice(ctl, attempt, rank_, body.get("notice"), body.get("seen_at"))
     if kind == "phase":
-        phase = body.get("phase")
-        if phase not in ("setup", "ready", "running"):
-            raise BadRequest(f"unknown phase {phase!r}")
         if await _db(ctl, s.set_node_phase, attempt.id, rank_, phase):
             ctl.post(attempt.job_id, Message("phase", attempt.id, rank_))
     elif kind == "exit":
-        code = body.get("exit_code")
-        if not isinstance(code, int):
-            raise BadRequest("exit_code must be an integer")
-        phase = "setup_failed" if body.get("phase") == "setup" and code != 0 else "exited"
+        phase = "setup_failed" if phase == "setup" and code != 0 else "exited"
         if await _db(ctl, s.set_node_phase, attempt.id, rank_, phase, code):
             ctl.post(attempt.job_id, Message("exit", attempt.id, rank_))
-    elif kind != "notice":
-        raise BadRequest(f"unknown event kind {kind!r}")
     return web.json_response({"ok": True})
+
+
+def _timestamp(value: Any) -> float | None:
+    """An advisory time from an agent or a cloud's notice; None unless plausible."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value < 1e11 else None
+
+
+def _notice_deadline(notice: Any, now: float) -> float:
+    if isinstance(notice, dict) and isinstance(notice.get("time"), str):
+        try:
+            at = datetime.fromisoformat(notice["time"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError, OSError):
+            return now + 120.0
+        if _timestamp(at) is not None:
+            return at
+    return now + 120.0
 
 
 async def _record_notice(ctl: Controller, attempt: st.Attempt, rank_: int, notice: Any,
                          seen_at: Any = None) -> None:
     now = time.time()
-    deadline = now + 120.0
-    if isinstance(notice, dict) and isinstance(notice.get("time"), str):
-        try:
-            deadline = datetime.fromisoformat(notice["time"].replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    action = notice.get("action", "terminate") if isinstance(notice, dict) else "terminate"
+    deadline = _notice_deadline(notice, now)
+    action = notice.get("action") if isinstance(notice, dict) else None
+    if not isinstance(action, str) or not action.isprintable() or len(action) > 40:
+        action = "terminate"
     info = (f"preemption notice on node {rank_}: {action} in {max(0.0, deadline - now):.0f}s")
     placement = ctl.placement_of(attempt)
     moved = await _db(ctl, ctl.store.sync.notice_and_recover, attempt.job_id, attempt.id, now,
                       deadline, info, (placement, "preemption", 1.0))
     if moved:
         ctl.memory.record(memory_key(placement), "preemption", now)
-        ctl.on_recovery("preemption notice", attempt)
+        ctl.on_recovery("notice", attempt)
         ctl.wake_webhooks()
-        if isinstance(seen_at, int | float) and 0 <= time.time() - seen_at < 3600:
+        seen = _timestamp(seen_at)
+        if seen is not None and 0 <= time.time() - seen < 3600:
             # From the agent seeing the notice to RECOVERING recorded (clocks may differ
             # a little between hosts; NTP keeps that well under the latencies of interest).
-            ctl.metrics.notice_latency(time.time() - seen_at)
+            ctl.metrics.notice_latency(time.time() - seen)
     ctl.post(attempt.job_id, Message("notice", attempt.id, rank_))
 
 
 async def agent_logs(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     attempt = await _attempt(request)
-    rank_ = _rank(request, attempt, request.query.get("rank"))
-    offset = _int(request.query.get("offset"), "offset")
+    rank_ = _rank(request.query.get("rank"), attempt.num_nodes)
+    offset = _int(request.query.get("offset"), "offset", lo=0)
     data = await request.read()
     path = views.log_path(ctl, attempt.job_id, attempt.n, rank_)
     size = await asyncio.to_thread(_append_at, path, offset, data)

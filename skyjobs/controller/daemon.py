@@ -510,8 +510,10 @@ class Controller:
                 log.warning("orphan sweep failed", cloud=cloud, error=str(err))
 
     def _last_heard(self, a: st.Attempt, ranks: Iterable[int], now: float) -> float:
-        return min((self.last_seen.get((a.id, r), self.started_mono) for r in ranks),
-                   default=now)
+        # A node not heard yet is measured from its launch (or from this controller's start
+        # for an attempt launched by an earlier one).
+        never = max(self.started_mono, self._launched_at.get(a.id, self.started_mono))
+        return min((self.last_seen.get((a.id, r), never) for r in ranks), default=now)
 
     async def _check_silence(self, a: st.Attempt, now: float) -> None:
         """``now`` is monotonic. Silence and its end are recorded as events (and counted),

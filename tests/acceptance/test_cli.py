@@ -120,3 +120,35 @@ def test_the_readme_demo_command_succeeds() -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resumed from checkpoint at step" in r.stdout
     assert "success: preempted, resumed from its checkpoint, SUCCEEDED" in r.stdout
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("a: " + "[" * 10_000 + "]" * 10_000, "nested more than 32 levels deep"),
+    ("num_nodes: " + "9" * 5000, "num_nodes (line 1): a 5000-digit number is too long"),
+    ('workdir: "./src\\0"\nrun: x\n', "workdir: contains a NUL byte"),
+    ("resources: {accelerators: 'V100:inf'}\nrun: x\n", "count must be a whole number"),
+    ("- just\n- a list\n", "the task must be a YAML mapping"),
+    ("42\n", "the task must be a YAML mapping"),
+])
+def test_bad_input_is_one_error_line_never_a_traceback(state: Path, tmp_path: Path,
+                                                       text: str, fragment: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    for args in (["submit", str(bad)], ["plan", str(bad)]):
+        r = cli(state, *args)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith(f"error: {bad}: ") and fragment in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (state / "skyjobs.db").exists()  # refused before a controller was needed
+
+
+def test_bad_env_override_and_unreadable_file_are_refused_locally(state: Path,
+                                                                   tmp_path: Path) -> None:
+    t = tmp_path / "t.yaml"
+    t.write_text("resources: {cloud: local, cpus: 2}\nrun: 'true'\n")
+    r = cli(state, "submit", str(t), "--env", "1X=5")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: --env: '1X' is not a valid environment variable name"
+    r = cli(state, "submit", str(tmp_path / "missing" / "t.yaml"))
+    assert r.returncode == 1 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+    assert not (state / "skyjobs.db").exists()
