@@ -295,7 +295,7 @@ class Agent:
 
     def _unpack(self, data: bytes, workdir: Path) -> None:
         archive = Path.home() / ".skyjobs-archive.tar.gz"
-        archive.write_bytes(data)
+        atomic_write(archive, data)
         with tarfile.open(archive) as tar:
             for member in tar.getmembers():
                 top, _, rest = member.name.partition("/")

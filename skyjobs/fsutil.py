@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 PRIVATE_UMASK = 0o077
+# Bucket syncs skip files with this suffix: a half-written temporary is never copied on.
+TMP_SUFFIX = ".skyjobs-tmp"
 
 
 def private_umask() -> int:
@@ -39,7 +42,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     (and truncate) one temporary file; the last rename wins.
     """
     raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -51,6 +54,22 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy a file (content and times) the same way: all or nothing, durable on return."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

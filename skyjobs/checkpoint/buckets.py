@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skyjobs.fsutil import TMP_SUFFIX, atomic_copy
+
 
 def parse_bucket(source: str) -> tuple[str, str, str]:
     """``scheme://name/path`` -> (scheme, name, path)."""
@@ -47,10 +49,10 @@ def node_path(target: str, fs_root: Path | None) -> Path:
 
 
 def _copy_file_atomic(src: Path, dst: Path) -> None:
+    # Durable before the next step trusts it: a checkpoint that vanishes in a crash after
+    # its upload was reported would send the next attempt back in time.
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.skyjobs-tmp")
-    shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+    atomic_copy(src, dst)
 
 
 def _changed(src: Path, dst: Path) -> bool:
@@ -58,7 +60,9 @@ def _changed(src: Path, dst: Path) -> bool:
         a, b = src.stat(), dst.stat()
     except FileNotFoundError:
         return True
-    return a.st_size != b.st_size or int(a.st_mtime) != int(b.st_mtime)
+    # Nanoseconds, not seconds: a checkpoint rewritten within the second at the same size
+    # (step 10 -> step 11) must still count as changed, or a resume goes back in time.
+    return a.st_size != b.st_size or a.st_mtime_ns != b.st_mtime_ns
 
 
 def sync_tree(src: Path, dst: Path) -> int:
@@ -71,7 +75,7 @@ def sync_tree(src: Path, dst: Path) -> int:
         return 0
     for dirpath, _dirs, files in os.walk(src):
         for name in files:
-            if name.endswith(".skyjobs-tmp"):
+            if name.endswith(TMP_SUFFIX):
                 continue
             s = Path(dirpath) / name
             d = dst / s.relative_to(src)

@@ -47,6 +47,7 @@ class S3Bucket:
         self.prefix = prefix
         # rel path -> (size, mtime_ns) of what the bucket holds, as far as we know.
         self._synced: dict[str, tuple[int, int]] = {}
+        self._etags: dict[str, str] = {}  # rel path -> ETag of the version we downloaded
         self._client: Any = None
 
     # --- common ----------------------------------------------------------------------------
@@ -102,9 +103,13 @@ class S3Bucket:
         dst = self.target / rel
         mtime_ns = int(obj["LastModified"].timestamp()) * 1_000_000_000
         size = int(obj["Size"])
+        etag = str(obj.get("ETag", ""))
         try:
             st = dst.stat()
-            if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+            # LastModified has whole seconds: an object rewritten within the second at the
+            # same size looks unchanged by size and time; its ETag tells (when we know it).
+            known = self._etags.get(rel)
+            if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) and known in (None, etag):
                 self._synced[rel] = (size, mtime_ns)
                 return
         except FileNotFoundError:
@@ -115,6 +120,7 @@ class S3Bucket:
         os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, dst)
         self._synced[rel] = (size, mtime_ns)
+        self._etags[rel] = etag
 
     def _upload_changed(self) -> int:
         copied = 0

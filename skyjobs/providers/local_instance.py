@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from skyjobs.fsutil import atomic_write
+
 STATE_FILE = "instance.json"
 LAUNCH_FILE = "launch.json"
 
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

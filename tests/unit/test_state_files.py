@@ -1,0 +1,73 @@
+"""What the controller writes to disk: private from the first byte, atomic, durable."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+from skyjobs.checkpoint.buckets import sync_tree
+from skyjobs.config import load_config
+from skyjobs.controller.daemon import Controller, read_or_create_secret
+from skyjobs.fsutil import TMP_SUFFIX, atomic_write
+from skyjobs.providers.fake import FakeProvider
+from tests.unit.test_controller_fake import TASK, Harness, submit
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_state_dir_and_everything_in_it_is_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    old_umask = os.umask(0o022)
+    ctl = Controller(load_config(state_dir=state, port=0), providers={"local": FakeProvider()})
+    try:
+        await ctl.start()
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            await submit(Harness(ctl, FakeProvider(), http), TASK)
+        loose = [p for p in [state, *state.rglob("*")]
+                 if mode(p) & 0o077 and not p.name.startswith("controller.lock")]
+        assert not loose, [(str(p), oct(mode(p))) for p in loose]
+        assert (state / "state.db-wal").exists() or any(state.glob("*-wal"))
+    finally:
+        await ctl.shutdown()
+        os.umask(old_umask)
+
+
+def test_an_empty_secret_file_gets_a_fresh_secret(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("\n")
+    value = read_or_create_secret(token)
+    assert len(value) >= 32 and token.read_text().strip() == value
+    assert read_or_create_secret(token) == value  # stable once written
+
+
+def test_atomic_write_is_private_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    atomic_write(path, "one")
+    atomic_write(path, b"two")
+    assert path.read_text() == "two" and mode(path) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_a_checkpoint_rewritten_within_the_second_at_the_same_size_is_synced(
+        tmp_path: Path) -> None:
+    src, dst = tmp_path / "job", tmp_path / "bucket"
+    src.mkdir()
+    ckpt = src / "step.txt"
+    ckpt.write_text("step 10")
+    assert sync_tree(src, dst) == 1
+    stamp = int(time.time())
+    os.utime(ckpt, ns=(stamp * 10**9 + 1000, stamp * 10**9 + 1000))
+    assert sync_tree(src, dst) == 1
+    ckpt.write_text("step 11")  # same size, same second
+    os.utime(ckpt, ns=(stamp * 10**9 + 2000, stamp * 10**9 + 2000))
+    assert sync_tree(src, dst) == 1
+    assert (dst / "step.txt").read_text() == "step 11"
+    (src / f".x{TMP_SUFFIX}").write_text("half")
+    assert sync_tree(src, dst) == 0  # a writer's temporary is never copied on
