@@ -339,8 +339,12 @@ class Agent:
         with open(self.log_path, "ab") as out:
             out.write(f"--- skyjobs: {phase} (node {self.rank}) ---\n".encode())
             out.flush()
+            # From a file, not `bash -c`: one argument may not exceed 128 KiB (E2BIG), and
+            # a long generated script is no reason for a job to fail.
+            path = Path.home() / f".skyjobs-{phase}.sh"
+            atomic_write(path, script)
             # Its own process group, so the notice signal reaches the job and its children.
-            self.proc = subprocess.Popen(["/bin/bash", "-c", script], cwd=cwd, env=env,
+            self.proc = subprocess.Popen(["/bin/bash", str(path)], cwd=cwd, env=env,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, process_group=0)
             self._note_job_group(self.proc.pid)
