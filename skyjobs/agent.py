@@ -192,6 +192,9 @@ class Agent:
         self.buckets = BucketSet([])
         self.task: dict[str, Any] = {}
         self.phase = "setup"  # what a crash of the agent itself is reported as
+        # When this node saw the notice; the exit report carries it too, since the exit
+        # may reach the controller before the notice report does.
+        self.notice_seen_at: float | None = None
 
     # --- phases ----------------------------------------------------------------------------
 
@@ -274,7 +277,7 @@ class Agent:
                 break
         self.done.set()
         self.client.report({"kind": "exit", "exit_code": code, "phase": phase,
-                            "noticed": self.noticed.is_set()})
+                            "noticed": self.noticed.is_set(), "seen_at": self.notice_seen_at})
         log(f"{phase} exited with {code}; reported")
         return 0
 
@@ -368,6 +371,7 @@ class Agent:
     # --- side threads ----------------------------------------------------------------------
 
     def _on_notice(self, notice: dict[str, Any]) -> None:
+        self.notice_seen_at = time.time()
         self.noticed.set()
         log(f"preemption notice: {notice}")
         # The job checkpoints in parallel with the report: every second of notice counts.
