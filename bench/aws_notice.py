@@ -35,7 +35,7 @@ from skyjobs.controller.daemon import Controller  # noqa: E402
 from skyjobs.pricing.catalog import Catalog, Offering  # noqa: E402
 from skyjobs.providers.aws import AwsConfig, AwsProvider  # noqa: E402
 from tests.aws.aws_harness import Fleet, Moto  # noqa: E402
-from tests.aws.conftest import first_sweep  # noqa: E402
+from tests.aws.conftest import first_sweep_done  # noqa: E402
 
 REGION = "us-east-1"
 ZONES = [("us-east-1a", 0.030), ("us-east-1b", 0.034), ("us-east-1c", 0.036)]
@@ -76,26 +76,20 @@ class World:
         self.ctl.catalog = Catalog(
             Offering("aws", REGION, z, "m5.large", None, 0, 2, 8, 0.096, p, "2026-11-01",
                      "bench") for z, p in ZONES)
-        self.polls = 0
-        self.poll_seconds = 0.0
-        self.per_poll: list[int] = []  # DescribeInstances calls made by each whole poll
+
+    @property
+    def polls(self) -> int:
+        return int(self.ctl.duties.stats["poll_instances"].runs)
+
+    @property
+    def poll_seconds(self) -> float:
+        return float(self.ctl.duties.stats["poll_instances"].seconds)
 
     async def __aenter__(self) -> World:
         import aiohttp
 
-        original = self.ctl.poll_instances
-
-        async def counted() -> None:
-            self.polls += 1
-            t0, c0 = time.monotonic(), self.provider.calls["describe_instances"]
-            await original()
-            self.poll_seconds += time.monotonic() - t0
-            self.per_poll.append(self.provider.calls["describe_instances"] - c0)
-
-        self.ctl.poll_instances = counted  # type: ignore[method-assign]
-        swept = await first_sweep(self.ctl)
         await self.ctl.start()
-        await wait("the startup orphan sweep", swept.is_set, 30)
+        await wait("the startup orphan sweep", lambda: first_sweep_done(self.ctl), 30)
         self.http = aiohttp.ClientSession(
             base_url=self.ctl.url, headers={"Authorization": f"Bearer {self.ctl.token}"})
         return self
@@ -147,6 +141,7 @@ async def steady_state(w: World, n: int, window: float) -> dict[str, Any]:
     await wait(f"{n} launches", lambda: w.provider.calls["run_instances"] >= n, 900)
     await wait("every attempt provisioning", lambda: _all_provisioning(w, n), 300)
     polls0, calls0, busy0 = w.polls, sum(w.provider.calls.values()), w.poll_seconds
+    describes0 = w.provider.calls["describe_instances"]
     ops0 = dict(w.provider.calls)
     t0 = time.monotonic()
     await asyncio.sleep(window)  # the measurement window itself, not a wait for a condition
@@ -158,7 +153,10 @@ async def steady_state(w: World, n: int, window: float) -> dict[str, Any]:
     per_min = calls * 60 / elapsed
     return {"jobs": n, "window_s": elapsed, "polls": polls, "calls": calls, "by_op": by_op,
             "poll_s": (w.poll_seconds - busy0) / max(polls, 1),
-            "calls_per_poll": statistics.median(w.per_poll[-max(polls, 1):] or [0]),
+            # Every DescribeInstances in the window comes from the polls (nothing else
+            # describes instances while the jobs just run).
+            "calls_per_poll": (w.provider.calls["describe_instances"] - describes0)
+            / max(polls, 1),
             "calls_per_min": per_min,
             "calls_per_job_per_min": per_min / n}
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from skyjobs.config import load_config  # noqa: E402
 from skyjobs.controller.daemon import Controller  # noqa: E402
+from skyjobs.controller.monitor import InstanceMonitor  # noqa: E402
 from skyjobs.providers.fake import FakeProvider  # noqa: E402
 
 TASK = {"resources": {"cloud": "local", "cpus": 2, "use_spot": True}, "run": "sleep 1"}
@@ -62,7 +63,7 @@ async def main(jobs: int) -> None:
                 await asyncio.sleep(0.5)
             launched_s = time.monotonic() - t0
             t1 = time.monotonic()
-            await ctl.poll_instances()
+            await InstanceMonitor(ctl.services).poll()
             poll_s = time.monotonic() - t1
 
             async def timed(url: str) -> float:

@@ -18,9 +18,8 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from aiohttp import web
@@ -28,7 +27,9 @@ from aiohttp import web
 from skyjobs.checkpoint.buckets import local_bucket_dir
 from skyjobs.controller import store as st
 from skyjobs.controller import views
-from skyjobs.controller.runner import Message, ranked_candidates, ranking_context
+from skyjobs.controller.messages import Message
+from skyjobs.controller.runner import ranked_candidates, ranking_context
+from skyjobs.controller.services import Services
 from skyjobs.exceptions import (
     IllegalTransitionError,
     NotFoundError,
@@ -37,12 +38,10 @@ from skyjobs.exceptions import (
     SpecError,
 )
 from skyjobs.fsutil import atomic_write
+from skyjobs.providers.base import BucketChecker, SimulatedMarket, ability
 from skyjobs.recovery.placement import match, require_candidates
-from skyjobs.recovery.policy import memory_key
 from skyjobs.spec import MAX_NAME_CHARS, MAX_NODES, TaskSpec, check_document, parse_task
-
-if TYPE_CHECKING:
-    from skyjobs.controller.daemon import Controller
+from skyjobs.states import MessageKind, NodePhase
 
 log = structlog.get_logger("skyjobs.api")
 
@@ -53,8 +52,10 @@ MAX_CANCEL_IDS = 10_000
 INT64_MAX = 2**63 - 1
 EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)
 _INTEGER = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
+P = ParamSpec("P")
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CTL: web.AppKey[Controller] = web.AppKey("controller")
+CTL: web.AppKey[Services] = web.AppKey("services")
 
 
 class BadRequest(SkyjobsError):
@@ -74,7 +75,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
             return _error(401, "unauthorized")
     elif path.startswith("/agent/"):
         attempt = _parse_int(request.match_info.get("attempt"), 1, INT64_MAX)
-        if attempt is None or not _bearer_ok(request, ctl.agent_token(attempt)):
+        if attempt is None or not _bearer_ok(request, ctl.sessions.agent_token(attempt)):
             return _error(401, "unauthorized")
     try:
         return await handler(request)
@@ -164,7 +165,7 @@ def _job_id(request: web.Request) -> int:
     return _int(request.match_info["job"], "job id")
 
 
-async def _db(ctl: Controller, fn: Any, *args: Any, **kwargs: Any) -> Any:
+async def _db(ctl: Services, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await ctl.store.call(fn, *args, **kwargs)
 
 
@@ -193,12 +194,12 @@ async def submit(request: web.Request) -> web.Response:
     task = {"spec": stored, "archive": archive, "local_mounts": list(spec.local_mounts())}
     job_id = await _db(ctl, ctl.store.sync.create_job, name, task, archive is not None, "sky")
     ctl.wake_webhooks()
-    ctl.start_runner(job_id)
+    ctl.runners.start(job_id)
     log.info("job submitted", job_id=job_id, name=name)
     return web.json_response({"id": job_id, "name": name, "status": st.PENDING}, status=201)
 
 
-async def _check_buckets(ctl: Controller, spec: TaskSpec, source: str) -> None:
+async def _check_buckets(ctl: Services, spec: TaskSpec, source: str) -> None:
     for target, mount in spec.buckets().items():
         scheme = mount.source.split("://", 1)[0]
         cloud = {"local": "local", "s3": "aws", "gs": "gcp"}[scheme]
@@ -214,16 +215,16 @@ async def _check_buckets(ctl: Controller, spec: TaskSpec, source: str) -> None:
                                     for c in match(spec, ctl.catalog)):
             raise SpecError(f"{source}: file_mounts.{target}: local:// buckets work only on "
                             "the local provider; set resources.cloud: local")
-        check = getattr(ctl.providers[cloud], "check_bucket", None)
-        if check is not None:
+        checker = ability(ctl.providers[cloud], BucketChecker)
+        if checker is not None:
             # Fail now, not at the first recovery hours later: exists, readable, writable.
             try:
-                await check(mount.source)
+                await checker.check_bucket(mount.source)
             except SpecError as err:
                 raise SpecError(f"{source}: file_mounts.{target}: {err}") from None
 
 
-async def _save_archive(ctl: Controller, encoded: Any) -> str | None:
+async def _save_archive(ctl: Services, encoded: Any) -> str | None:
     if not encoded:
         return None
     if not isinstance(encoded, str):
@@ -347,19 +348,19 @@ async def cancel(request: web.Request) -> web.Response:
                 for i in ids):
             raise BadRequest(f"ids must be a list of 1 to {MAX_CANCEL_IDS} job ids "
                              "(or all: true)")
-        ids = list(dict.fromkeys(ids))
+        targets: list[int] = list(dict.fromkeys(ids))
     else:
-        ids = await _db(ctl, ctl.store.sync.live_job_ids)
+        targets = await _db(ctl, ctl.store.sync.live_job_ids)
     done, skipped = [], []
     cancellable = frozenset(st.LIVE - {st.CANCELLING})
-    for job_id in ids:
+    for job_id in targets:
         try:
             await _db(ctl, ctl.store.sync.transition, job_id, st.CANCELLING,
                       "cancel requested", expect=cancellable)
             done.append(job_id)
             ctl.wake_webhooks()
-            ctl.start_runner(job_id)
-            ctl.post(job_id, Message("cancel"))
+            ctl.runners.start(job_id)
+            ctl.runners.post(job_id, Message(MessageKind.CANCEL))
         except (NotFoundError, IllegalTransitionError) as err:
             skipped.append({"id": job_id, "why": str(err)})
     return web.json_response({"cancelled": done, "skipped": skipped})
@@ -375,8 +376,8 @@ async def preempt(request: web.Request) -> web.Response:
     if job.status not in (st.RUNNING, st.PROVISIONING) or job.current_attempt is None:
         raise BadRequest(f"job {job.id} is {job.status}; only a running job can be preempted")
     attempt = await _db(ctl, ctl.store.sync.get_attempt, job.current_attempt)
-    provider = ctl.providers.get(attempt.cloud)
-    if provider is None or not hasattr(provider, "set_spot_capacity"):
+    provider = ability(ctl.providers.get(attempt.cloud), SimulatedMarket)
+    if provider is None:
         raise BadRequest(f"{attempt.cloud} instances can only be preempted by the cloud")
     issued_at = time.time()
     await provider.preempt(attempt.instance_ids, float(notice))
@@ -419,8 +420,8 @@ async def capacity(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     body = await _json(request)
     zone, available = body.get("zone"), body.get("spot")
-    provider = ctl.providers.get("local")
-    if provider is None or not hasattr(provider, "set_spot_capacity"):
+    provider = ability(ctl.providers.get("local"), SimulatedMarket)
+    if provider is None:
         raise BadRequest("the local provider is not enabled")
     zones = {o.zone for o in ctl.catalog.offerings if o.cloud == "local"}
     if not isinstance(zone, str) or zone not in zones:
@@ -448,8 +449,6 @@ async def webhook_test(request: web.Request) -> web.Response:
     name = (await _json(request)).get("name")
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
         raise BadRequest("name must be the name of a configured webhook")
-    if ctl.webhooks is None:
-        raise NotFoundError("webhooks are not running")
     return web.json_response(await ctl.webhooks.send_test(name))
 
 
@@ -514,10 +513,12 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
     wait = body.get("wait_go") or 0
     if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
         raise BadRequest("wait_go must be a number of seconds")
-    ctl.heard(attempt_id, rank_)
-    if wait > 0 and attempt_id not in ctl.go:
-        await ctl.wait_go(attempt_id, float(min(wait, 30)))
-    return web.json_response({"go": attempt_id in ctl.go, "drain": attempt_id in ctl.drain})
+    sessions = ctl.sessions
+    sessions.heard(attempt_id, rank_)
+    if wait > 0 and attempt_id not in sessions.go:
+        await sessions.wait_go(attempt_id, float(min(wait, 30)))
+    return web.json_response({"go": attempt_id in sessions.go,
+                              "drain": attempt_id in sessions.drain})
 
 
 async def agent_event(request: web.Request) -> web.Response:
@@ -534,16 +535,17 @@ async def agent_event(request: web.Request) -> web.Response:
                            or not EXIT_CODE_RANGE[0] <= code <= EXIT_CODE_RANGE[1]):
         raise BadRequest("exit_code must be a 32-bit integer")
     s = ctl.store.sync
-    ctl.heard(attempt.id, rank_)
+    ctl.sessions.heard(attempt.id, rank_)
     if kind == "notice" or (kind == "exit" and body.get("noticed")):
-        await _record_notice(ctl, attempt, rank_, body.get("notice"), body.get("seen_at"))
+        await ctl.sessions.record_notice(attempt, rank_, body.get("notice"),
+                                         _timestamp(body.get("seen_at")))
     if kind == "phase":
-        if await _db(ctl, s.set_node_phase, attempt.id, rank_, phase):
-            ctl.post(attempt.job_id, Message("phase", attempt.id, rank_))
+        if await _db(ctl, s.set_node_phase, attempt.id, rank_, NodePhase(str(phase))):
+            ctl.runners.post(attempt.job_id, Message(MessageKind.PHASE, attempt.id, rank_))
     elif kind == "exit":
-        phase = "setup_failed" if phase == "setup" and code != 0 else "exited"
-        if await _db(ctl, s.set_node_phase, attempt.id, rank_, phase, code):
-            ctl.post(attempt.job_id, Message("exit", attempt.id, rank_))
+        ended = NodePhase.SETUP_FAILED if phase == "setup" and code != 0 else NodePhase.EXITED
+        if await _db(ctl, s.set_node_phase, attempt.id, rank_, ended, code):
+            ctl.runners.post(attempt.job_id, Message(MessageKind.EXIT, attempt.id, rank_))
     return web.json_response({"ok": True})
 
 
@@ -552,40 +554,6 @@ def _timestamp(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if 0 <= value < 1e11 else None
-
-
-def _notice_deadline(notice: Any, now: float) -> float:
-    if isinstance(notice, dict) and isinstance(notice.get("time"), str):
-        try:
-            at = datetime.fromisoformat(notice["time"].replace("Z", "+00:00")).timestamp()
-        except (ValueError, OverflowError, OSError):
-            return now + 120.0
-        if _timestamp(at) is not None:
-            return at
-    return now + 120.0
-
-
-async def _record_notice(ctl: Controller, attempt: st.Attempt, rank_: int, notice: Any,
-                         seen_at: Any = None) -> None:
-    now = time.time()
-    deadline = _notice_deadline(notice, now)
-    action = notice.get("action") if isinstance(notice, dict) else None
-    if not isinstance(action, str) or not action.isprintable() or len(action) > 40:
-        action = "terminate"
-    info = (f"preemption notice on node {rank_}: {action} in {max(0.0, deadline - now):.0f}s")
-    placement = ctl.placement_of(attempt)
-    moved = await _db(ctl, ctl.store.sync.notice_and_recover, attempt.job_id, attempt.id, now,
-                      deadline, info, (placement, "preemption", 1.0))
-    if moved:
-        ctl.memory.record(memory_key(placement), "preemption", now)
-        ctl.on_recovery("notice", attempt)
-        ctl.wake_webhooks()
-        seen = _timestamp(seen_at)
-        if seen is not None and 0 <= time.time() - seen < 3600:
-            # From the agent seeing the notice to RECOVERING recorded (clocks may differ
-            # a little between hosts; NTP keeps that well under the latencies of interest).
-            ctl.metrics.notice_latency(time.time() - seen)
-    ctl.post(attempt.job_id, Message("notice", attempt.id, rank_))
 
 
 async def agent_logs(request: web.Request) -> web.Response:
@@ -610,7 +578,7 @@ def _append_at(path: Path, offset: int, data: bytes) -> int:
     return size
 
 
-def make_app(ctl: Controller) -> web.Application:
+def make_app(ctl: Services) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_ARCHIVE_BYTES * 2)
     app[CTL] = ctl
     app.add_routes([

@@ -79,6 +79,11 @@ class Metrics:
         self.webhook_deliveries = Counter("skyjobs_webhook_deliveries_total",
                                           "Webhook deliveries acknowledged with a 2xx.",
                                           ["hook"], registry=r)
+        self.duty_runs = Counter(
+            "skyjobs_duty_runs_total",
+            "Runs of periodic duties (instance poll, orphan sweep, price poll) by outcome: "
+            "ok, failed, still_running (skipped: the last run is not done), missed.",
+            ["duty", "outcome"], registry=r)
         self.dispatcher_crashes = Counter(
             "skyjobs_webhook_dispatcher_crashes_total",
             "Unexpected errors in the webhook dispatcher, by where they struck (each is "
@@ -116,6 +121,9 @@ class Metrics:
 
     def webhook_delivered(self, hook: str) -> None:
         self.webhook_deliveries.labels(hook=hook).inc()
+
+    def duty_outcome(self, duty: str, outcome: str, count: int = 1) -> None:
+        self.duty_runs.labels(duty=duty, outcome=outcome).inc(count)
 
     def webhook_dispatcher_crash(self, site: str) -> None:
         self.dispatcher_crashes.labels(site=site).inc()
@@ -165,9 +173,6 @@ class InstrumentedProvider:
 
     async def terminate(self, instance_ids: list[str]) -> None:
         await self._timed("terminate", self._inner.terminate(instance_ids))
-
-    async def preempt(self, instance_ids: list[str], notice_s: float) -> None:
-        await self._timed("preempt", self._inner.preempt(instance_ids, notice_s))
 
     async def close(self) -> None:
         # Not a cloud API call: nothing to time.

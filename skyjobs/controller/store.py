@@ -18,43 +18,39 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import sqlite_utils
 
 from skyjobs.controller import payloads
 from skyjobs.exceptions import IllegalTransitionError, NotFoundError
 from skyjobs.pricing.catalog import Placement
+from skyjobs.states import (
+    ALL_STATES,
+    LIVE,
+    TERMINAL,
+    TRANSITIONS,
+    AttemptStatus,
+    EndReason,
+    JobStatus,
+    NodePhase,
+)
 
 T = TypeVar("T")
+P = ParamSpec("P")
+__all__ = ["ALL_STATES", "LIVE", "TERMINAL", "TRANSITIONS", "Attempt", "Job", "Snapshot",
+           "Store", "SyncStore"]
 
-PENDING, PROVISIONING, RUNNING, RECOVERING = "PENDING", "PROVISIONING", "RUNNING", "RECOVERING"
-CANCELLING, SUCCEEDED, FAILED = "CANCELLING", "SUCCEEDED", "FAILED"
-FAILED_NO_RESOURCE, CANCELLED = "FAILED_NO_RESOURCE", "CANCELLED"
-TERMINAL = frozenset({SUCCEEDED, FAILED, FAILED_NO_RESOURCE, CANCELLED})
-LIVE = frozenset({PENDING, PROVISIONING, RUNNING, RECOVERING, CANCELLING})
-ALL_STATES = TERMINAL | LIVE
-
-# The state machine. Anything not listed raises IllegalTransitionError.
-TRANSITIONS: dict[str | None, frozenset[str]] = {
-    None: frozenset({PENDING}),
-    PENDING: frozenset({PROVISIONING, CANCELLING, CANCELLED, FAILED}),
-    # PROVISIONING/RECOVERING -> SUCCEEDED: a job that finishes on its old placement while
-    # a migration to a better one is under way.
-    PROVISIONING: frozenset({RUNNING, RECOVERING, SUCCEEDED, FAILED, FAILED_NO_RESOURCE,
-                             CANCELLING}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, RECOVERING, CANCELLING}),
-    # RECOVERING -> RUNNING: a migration abandoned before any replacement was launched.
-    RECOVERING: frozenset({PROVISIONING, RUNNING, SUCCEEDED, FAILED, FAILED_NO_RESOURCE,
-                           CANCELLING}),
-    CANCELLING: frozenset({CANCELLED}),
-}
-for _terminal in TERMINAL:
-    TRANSITIONS[_terminal] = frozenset()
+# The states and the state machine live in states.py; these names are the store's own API.
+PENDING, PROVISIONING, RUNNING = JobStatus.PENDING, JobStatus.PROVISIONING, JobStatus.RUNNING
+RECOVERING, CANCELLING = JobStatus.RECOVERING, JobStatus.CANCELLING
+SUCCEEDED, FAILED, CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
+FAILED_NO_RESOURCE = JobStatus.FAILED_NO_RESOURCE
 
 
 def check_transition(job_id: int, current: str | None, target: str) -> None:
-    if target not in TRANSITIONS.get(current, frozenset()):
+    allowed = TRANSITIONS.get(JobStatus(current) if current is not None else None, frozenset())
+    if target not in allowed:
         raise IllegalTransitionError(job_id, current, target)
 
 
@@ -177,7 +173,7 @@ MIGRATIONS: list[str] = [
 class Job:
     id: int
     name: str
-    status: str
+    status: JobStatus
     task: dict[str, Any]
     task_id: str
     submitted_at: float
@@ -198,7 +194,7 @@ class Attempt:
     id: int
     job_id: int
     n: int
-    status: str  # launching, provisioning, running, ended
+    status: AttemptStatus
     cloud: str
     region: str
     zone: str
@@ -210,7 +206,7 @@ class Attempt:
     created_at: float
     running_at: float | None
     ended_at: float | None
-    end_reason: str | None
+    end_reason: EndReason | None
     exit_code: int | None
     notice_at: float | None
     notice_deadline: float | None
@@ -238,7 +234,7 @@ class Snapshot:
     job: Job
     attempts: list[Attempt]
     current: Attempt | None
-    nodes: dict[int, tuple[str, int | None]]
+    nodes: dict[int, tuple[NodePhase, int | None]]
 
 
 ZoneEvent = tuple[Placement, str, float]  # (placement, kind, value) for preemption memory
@@ -248,6 +244,7 @@ def _job(row: sqlite3.Row) -> Job:
     d = dict(row)
     d["task"] = json.loads(d.pop("task_json"))
     d["has_archive"] = bool(d["has_archive"])
+    d["status"] = JobStatus(d["status"])
     return Job(**d)
 
 
@@ -256,6 +253,8 @@ def _attempt(row: sqlite3.Row) -> Attempt:
     d["instance_ids"] = json.loads(d["instance_ids"])
     d["use_spot"] = bool(d["use_spot"])
     d["released"] = bool(d["released"])
+    d["status"] = AttemptStatus(d["status"])
+    d["end_reason"] = EndReason(d["end_reason"]) if d["end_reason"] is not None else None
     return Attempt(**d)
 
 
@@ -543,6 +542,7 @@ class SyncStore:
     def _end_attempt(self, c: sqlite3.Connection, job_id: int, attempt_id: int,
                      end_reason: str, exit_code: int | None, now: float) -> tuple[int, str]:
         row = self._attempt_row(c, job_id, attempt_id)
+        end_reason = EndReason(end_reason)  # a reason outside the enum is a bug: fail here
         if row["status"] != "ended":
             c.execute("UPDATE attempts SET status='ended', ended_at=?, end_reason=?, exit_code=?"
                       " WHERE id=?", (now, end_reason, exit_code, attempt_id))
@@ -708,10 +708,10 @@ class SyncStore:
                       (attempt_id, rank, phase, exit_code, time.time()))
             return True
 
-    def nodes_of(self, attempt_id: int) -> dict[int, tuple[str, int | None]]:
+    def nodes_of(self, attempt_id: int) -> dict[int, tuple[NodePhase, int | None]]:
         rows = self.conn.execute("SELECT rank, phase, exit_code FROM nodes WHERE attempt_id=?",
                                  (attempt_id,)).fetchall()
-        return {r["rank"]: (r["phase"], r["exit_code"]) for r in rows}
+        return {r["rank"]: (NodePhase(r["phase"]), r["exit_code"]) for r in rows}
 
     # --- preemption memory -----------------------------------------------------------------
 
@@ -756,7 +756,8 @@ class Store:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyjobs-store")
         self.sync = self._pool.submit(SyncStore, path, hooks).result()
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one SyncStore method on the store's thread; typed like the method itself."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 

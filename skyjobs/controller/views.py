@@ -13,21 +13,21 @@ from skyjobs.providers import base
 from skyjobs.recovery.policy import Ranked
 
 if TYPE_CHECKING:
-    from skyjobs.controller.daemon import Controller
+    from skyjobs.controller.services import Services
 
 REDACTED = "<redacted>"
 
 
-def log_path(ctl: Controller, job_id: int, attempt_n: int, rank: int) -> Path:
+def log_path(ctl: Services, job_id: int, attempt_n: int, rank: int) -> Path:
     return ctl.state_dir / "logs" / str(job_id) / f"attempt-{attempt_n}-node-{rank}.log"
 
 
-def costs(ctl: Controller, attempts: list[st.Attempt], now: float) -> tuple[float, float]:
+def costs(ctl: Services, attempts: list[st.Attempt], now: float) -> tuple[float, float]:
     """(cost so far, what the same hours would have cost on-demand)."""
     return (sum(a.cost(now) for a in attempts), sum(a.on_demand_cost(now) for a in attempts))
 
 
-def job_summary(ctl: Controller, job: st.Job, attempts: list[st.Attempt],
+def job_summary(ctl: Services, job: st.Job, attempts: list[st.Attempt],
                 now: float) -> dict[str, Any]:
     current = next((a for a in attempts if a.id == job.current_attempt), None)
     cost, on_demand = costs(ctl, attempts, now)
@@ -50,7 +50,7 @@ def redacted_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, "secrets": {k: REDACTED for k in secrets}}
 
 
-def job_detail(ctl: Controller, job: st.Job, attempts: list[st.Attempt],
+def job_detail(ctl: Services, job: st.Job, attempts: list[st.Attempt],
                now: float) -> dict[str, Any]:
     out = job_summary(ctl, job, attempts, now)
     out["task_id"] = job.task_id
@@ -88,7 +88,7 @@ def price_row(o: Offering, quote: Quote) -> dict[str, Any]:
             "observed_at": quote.observed_at, "price_date": o.price_date, "source": o.source}
 
 
-def agent_task(ctl: Controller, job: st.Job, attempt: st.Attempt,
+def agent_task(ctl: Services, job: st.Job, attempt: st.Attempt,
                infos: dict[str, base.InstanceInfo]) -> dict[str, Any]:
     spec = job.task["spec"]
     offering = ctl.offering_of(attempt.cloud, attempt.zone, attempt.instance_type)

@@ -337,10 +337,6 @@ class AwsProvider:
                 if not _is_code(err, "InvalidInstanceID.NotFound"):
                     raise
 
-    async def preempt(self, instance_ids: list[str], notice_s: float) -> None:
-        raise ProviderError("AWS cannot preempt on request: spot interruptions come from "
-                            "AWS (the moto test harness in tests/aws simulates them)")
-
     async def list_owned(self, controller_tag: str) -> list[str]:
         """Our ids of every non-terminated instance tagged with this controller."""
         filters = [{"Name": f"tag:{TAG_CONTROLLER}", "Values": [controller_tag]},

@@ -8,7 +8,7 @@ finds the instances of the first try instead of creating new ones.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar, cast, runtime_checkable
 
 from skyjobs.pricing.catalog import Placement
 
@@ -61,8 +61,54 @@ class Provider(Protocol):
     async def terminate(self, instance_ids: list[str]) -> None:
         """Terminate; ids already gone or never created are fine."""
 
-    async def preempt(self, instance_ids: list[str], notice_s: float) -> None:
-        """Simulate a spot preemption (only simulated markets support this)."""
-
     async def close(self) -> None:
         """Release clients and thread pools."""
+
+
+# Optional abilities: a provider has one when it has the method; callers ask with
+# isinstance(provider, Ability), never with hasattr.
+PriceRow = tuple[str, str, str, float, float]  # region, zone, type, $/h, observed at
+
+
+@runtime_checkable
+class PriceSource(Protocol):
+    async def spot_prices(self, keys: list[tuple[str, str, str]]) -> list[PriceRow]:
+        """Live spot prices of (region, zone, instance type) keys it knows."""
+
+
+@runtime_checkable
+class OwnedLister(Protocol):
+    async def list_owned(self, prefix: str) -> list[str]:
+        """Ids of every live instance launched with this controller's id prefix (or tag)."""
+
+
+@runtime_checkable
+class BucketChecker(Protocol):
+    async def check_bucket(self, source: str) -> None:
+        """Raise SpecError unless the bucket exists and can be read and written."""
+
+
+@runtime_checkable
+class SimulatedMarket(Protocol):
+    """A market under our control (the local provider): capacity and preemptions on
+    request, for demos and tests. Real clouds preempt on their own."""
+
+    def set_spot_capacity(self, zone: str, available: bool) -> list[str]:
+        """Put a zone in or out of spot capacity; returns the zones without it."""
+
+    async def preempt(self, instance_ids: list[str], notice_s: float) -> None:
+        """Send the instances a preemption notice; they die when it runs out."""
+
+
+A = TypeVar("A")
+
+
+def ability(provider: object, kind: type[A]) -> A | None:
+    """``provider`` as a ``kind`` (PriceSource, OwnedLister, ...) if the cloud behind it has
+    that ability, else None. Wrappers (instrumentation, fault injection) expose ``inner``
+    and pass calls through, so the check looks at the innermost provider while calls still
+    go through every wrapper."""
+    core = provider
+    while (inner := getattr(core, "inner", None)) is not None:
+        core = inner
+    return cast(A, provider) if isinstance(core, kind) else None

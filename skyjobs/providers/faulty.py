@@ -115,14 +115,12 @@ class FaultyProvider:
     crash: Callable[[], None] = crash_now  # tests replace this; the default never returns
     _launched_at: dict[str, float] = field(default_factory=dict)
     _rng: random.Random = field(init=False)
+    name: str = field(init=False)  # the Provider protocol's plain attribute
 
     def __post_init__(self) -> None:
+        self.name = self.inner.name
         self._rng = random.Random(self.plan.seed)
         self.scripted.extend(Scripted(s.op, s.mode, s.skip) for s in self.plan.script)
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
 
     def __getattr__(self, item: str) -> Any:
         # Extras (set_spot_capacity, spot_prices, list_owned, ...) pass through untouched.
@@ -226,7 +224,10 @@ class FaultyProvider:
                          lambda: self.inner.terminate(instance_ids))
 
     async def preempt(self, instance_ids: list[str], notice_s: float) -> None:
-        await self.inner.preempt(instance_ids, notice_s)
+        market = base.ability(self.inner, base.SimulatedMarket)
+        if market is None:
+            raise ProviderError(f"{self.name} cannot preempt on request")
+        await market.preempt(instance_ids, notice_s)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -8,15 +8,24 @@ failures are bounded by ``max_restarts_on_errors``; exit codes listed in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from skyjobs.spec import JobRecovery
+from skyjobs.states import EXITED_PHASES, NodePhase
 
-EXITED_PHASES = ("exited", "setup_failed")
 
-SUCCEED, FAIL, PREEMPTED, RESTART = "succeed", "fail", "preempted", "restart"
+class Action(StrEnum):
+    SUCCEED = "succeed"
+    FAIL = "fail"
+    PREEMPTED = "preempted"
+    RESTART = "restart"
 
-NodePhases = dict[int, tuple[str, int | None]]
+
+SUCCEED, FAIL, PREEMPTED, RESTART = Action.SUCCEED, Action.FAIL, Action.PREEMPTED, Action.RESTART
+
+NodePhases = Mapping[int, tuple[NodePhase, int | None]]
 
 
 @dataclass(frozen=True)
@@ -29,12 +38,12 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Verdict:
-    action: str
+    action: Action
     reason: str
     uses_budget: bool = False
 
 
-def all_in(nodes: NodePhases, num_nodes: int, *phases: str) -> bool:
+def all_in(nodes: NodePhases, num_nodes: int, *phases: NodePhase) -> bool:
     return len(nodes) >= num_nodes and all(p in phases for p, _ in nodes.values())
 
 
@@ -44,7 +53,8 @@ def attempt_outcome(nodes: NodePhases, num_nodes: int, noticed: bool) -> Outcome
     failed = sorted((r, p, c) for r, (p, c) in exited.items() if c != 0)
     if failed:
         rank, phase, code = failed[0]
-        return Outcome(int(code if code is not None else 1), rank, phase == "setup_failed",
+        return Outcome(int(code if code is not None else 1), rank,
+                       phase == NodePhase.SETUP_FAILED,
                        noticed)
     if len(exited) >= num_nodes:
         return Outcome(0, 0, False, noticed)

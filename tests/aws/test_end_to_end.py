@@ -127,7 +127,7 @@ async def test_cancel_leaves_no_instance_running(
     make_bucket()
     job_id = await submit(controller, train_task(tmp_path, steps=400, nodes=2))
     await controller.wait_status(job_id, "RUNNING")
-    ctl_tag = controller.ctl.instance_prefix
+    ctl_tag = controller.ctl.services.instance_prefix
     assert len(await provider.list_owned(ctl_tag)) == 2
     await controller.call("POST", "/api/v1/cancel", {"ids": [job_id]})
     await controller.wait_status(job_id, "CANCELLED", within=30)

@@ -415,7 +415,7 @@ class Agents:
 
     async def event(self, attempt_id: int, body: dict[str, Any]) -> None:
         await self.call("POST", f"/agent/v1/attempts/{attempt_id}/events", {**body, "rank": 0},
-                        self.ctl.agent_token(attempt_id))
+                        self.ctl.sessions.agent_token(attempt_id))
 
     async def attempt(self, job_id: int, n: int) -> int:
         job = await until(f"attempt {n}",
@@ -425,7 +425,7 @@ class Agents:
 
     async def run(self, job_id: int, attempt_id: int) -> None:
         await self.event(attempt_id, {"kind": "phase", "phase": "ready"})
-        await until("go", lambda: attempt_id in self.ctl.go)
+        await until("go", lambda: attempt_id in self.ctl.sessions.go)
         await self.event(attempt_id, {"kind": "phase", "phase": "running"})
         await until("RUNNING", lambda: self.ctl.store.sync.get_job(job_id).status == st.RUNNING)
 

@@ -92,7 +92,7 @@ class Live:
         rows = await ctl.store.call(tables, ctl.store.sync)
         logs = sorted((str(p), p.stat().st_size)
                       for p in (ctl.state_dir / "logs").rglob("*") if p.is_file())
-        return rows, logs, sorted(ctl.last_seen), sorted(ctl.go)
+        return rows, logs, sorted(ctl.sessions.last_seen), sorted(ctl.sessions.go)
 
     def snapshot(self) -> Any:
         return self.run(self._snapshot())
@@ -173,7 +173,7 @@ async def test_any_body_on_every_post(live: Live) -> None:
     def prop(route: tuple[str, str], body: bytes) -> None:
         method, template = route
         path = template.format(job=1, attempt=aid)
-        token = live.h.ctl.agent_token(aid) if "/agent/" in path else live.h.ctl.token
+        token = live.h.ctl.sessions.agent_token(aid) if "/agent/" in path else live.h.ctl.token
         if path.endswith("/logs"):
             path += "?rank=0&offset=0"
         live.check(method, path, body, {"Authorization": f"Bearer {token}",
@@ -206,9 +206,10 @@ async def test_any_id_query_and_header_on_every_endpoint(live: Live) -> None:
         path = template.format(job=_enc(ident), attempt=_enc(ident))
         if query:
             path += "?" + "&".join(f"{_enc(k)}={_enc(v)}" for k, v in query.items())
-        token = {"valid": live.h.ctl.agent_token(int(valid)) if agent else live.h.ctl.token,
+        sessions = live.h.ctl.sessions
+        token = {"valid": sessions.agent_token(int(valid)) if agent else live.h.ctl.token,
                  "none": None, "empty": "", "garbage": "x" * 43,
-                 "other-attempt": live.h.ctl.agent_token(aid + 1)}.get(auth)
+                 "other-attempt": sessions.agent_token(aid + 1)}.get(auth)
         headers: dict[str, Any] = dict(extra)
         if auth == "binary":
             headers["Authorization"] = b"Bearer \xff\xfe"
@@ -265,6 +266,6 @@ async def test_structured_agent_bodies(live: Live) -> None:
         if event.get("kind") in ("exit", "notice") and event.get("rank") == 0:
             event["rank"] = 1
         live.check("POST", f"/agent/v1/attempts/{aid}/{what}", json.dumps(event).encode(),
-                   {"Authorization": f"Bearer {live.h.ctl.agent_token(aid)}"})
+                   {"Authorization": f"Bearer {live.h.ctl.sessions.agent_token(aid)}"})
 
     await _in_thread(prop)

@@ -38,7 +38,7 @@ class Harness:
 
     async def agent(self, attempt_id: int, event: dict[str, Any],
                     token: str | None = None) -> tuple[int, Any]:
-        tok = token if token is not None else self.ctl.agent_token(attempt_id)
+        tok = token if token is not None else self.ctl.sessions.agent_token(attempt_id)
         return await self.api("POST", f"/agent/v1/attempts/{attempt_id}/events", event, tok)
 
     async def job(self, job_id: int) -> dict[str, Any]:
@@ -62,7 +62,7 @@ class Harness:
         await until("a launched attempt", lambda: self.fake.alive())
         aid = await self.current_attempt(job_id)
         assert (await self.agent(aid, {"kind": "phase", "phase": "ready", "rank": 0}))[0] == 200
-        await until("go", lambda: aid in self.ctl.go)
+        await until("go", lambda: aid in self.ctl.sessions.go)
         await self.agent(aid, {"kind": "phase", "phase": "running", "rank": 0})
         await self.wait_status(job_id, "RUNNING")
         return aid
@@ -132,9 +132,9 @@ async def test_notice_moves_to_recovering_then_old_attempt_drains(h: Harness) ->
     # Absence cannot be waited for: give the runner time to act on "ready", then check it
     # did not let the replacement start while the old attempt is still checkpointing.
     await asyncio.sleep(0.3)
-    assert new not in h.ctl.go
+    assert new not in h.ctl.sessions.go
     await h.agent(aid, {"kind": "exit", "exit_code": 143, "noticed": True, "rank": 0})
-    await until("go for the new attempt", lambda: new in h.ctl.go)
+    await until("go for the new attempt", lambda: new in h.ctl.sessions.go)
     old = h.ctl.store.sync.get_attempt(aid)
     assert (old.end_reason, old.released) == ("preempted", True)
     assert old.instance_ids[0] not in h.fake.alive()
@@ -144,12 +144,12 @@ async def test_agent_credentials_are_per_attempt(h: Harness) -> None:
     job_id = await submit(h)
     await h.wait_status(job_id, "PROVISIONING")
     aid = await h.current_attempt(job_id)
-    wrong = h.ctl.agent_token(aid + 1)
+    wrong = h.ctl.sessions.agent_token(aid + 1)
     status, _ = await h.agent(aid, {"kind": "phase", "phase": "ready", "rank": 0}, token=wrong)
     assert status == 401
     status, body = await h.agent(aid, {"kind": "phase", "phase": "ready", "rank": 5})
     assert status == 400 and "rank 5" in body["error"]
-    status, _ = await h.api("GET", "/api/v1/jobs", token=h.ctl.agent_token(aid))
+    status, _ = await h.api("GET", "/api/v1/jobs", token=h.ctl.sessions.agent_token(aid))
     assert status == 401
 
 
@@ -193,7 +193,7 @@ async def test_secrets_never_appear_in_job_views(h: Harness) -> None:
         status, body = await h.api("GET", path)
         assert status == 200 and "hunter2" not in str(body)
     aid = await h.current_attempt(job_id)
-    headers = {"Authorization": f"Bearer {h.ctl.agent_token(aid)}"}
+    headers = {"Authorization": f"Bearer {h.ctl.sessions.agent_token(aid)}"}
     async with h.http.get(f"{h.ctl.url}/agent/v1/attempts/{aid}/task?rank=0",
                           headers=headers) as resp:
         assert (await resp.json())["envs"]["API_KEY"] == "hunter2"  # only the agent gets it
@@ -203,7 +203,7 @@ async def test_log_shipping_is_idempotent(h: Harness) -> None:
     job_id = await submit(h)
     await h.wait_status(job_id, "PROVISIONING")
     aid = await h.current_attempt(job_id)
-    headers = {"Authorization": f"Bearer {h.ctl.agent_token(aid)}"}
+    headers = {"Authorization": f"Bearer {h.ctl.sessions.agent_token(aid)}"}
     url = f"{h.ctl.url}/agent/v1/attempts/{aid}/logs?rank=0"
     for offset, chunk in ((0, b"hello "), (0, b"hello "), (6, b"world\n"), (3, b"lo world\n")):
         async with h.http.post(f"{url}&offset={offset}", data=chunk, headers=headers) as resp:
@@ -257,10 +257,10 @@ async def test_deadline_job_moves_back_to_spot_without_losing_its_run(
     new = await h.current_attempt(job_id)
     assert ctl.store.sync.get_attempt(new).use_spot
     await h.agent(new, {"kind": "phase", "phase": "ready", "rank": 0})
-    await until("the old attempt asked to drain", lambda: old in ctl.drain)
-    assert new not in ctl.go  # not before the old attempt has checkpointed
+    await until("the old attempt asked to drain", lambda: old in ctl.sessions.drain)
+    assert new not in ctl.sessions.go  # not before the old attempt has checkpointed
     await h.agent(old, {"kind": "exit", "exit_code": 143, "rank": 0})
-    await until("go", lambda: new in ctl.go)
+    await until("go", lambda: new in ctl.sessions.go)
     await h.agent(new, {"kind": "phase", "phase": "running", "rank": 0})
     j = await h.wait_status(job_id, "RUNNING")
     assert [a["end_reason"] for a in j["attempt_list"]] == ["migrated", None]
@@ -281,7 +281,7 @@ async def test_migration_without_spot_capacity_stays_on_demand(
     j = await h.wait_status(job_id, "RUNNING", "FAILED_NO_RESOURCE")
     assert j["status"] == "RUNNING"
     assert h.ctl.store.sync.get_job(job_id).current_attempt == old
-    assert old not in h.ctl.drain and h.fake.alive() == h.ctl.store.sync.get_attempt(
+    assert old not in h.ctl.sessions.drain and h.fake.alive() == h.ctl.store.sync.get_attempt(
         old).instance_ids
 
 

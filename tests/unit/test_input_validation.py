@@ -170,7 +170,7 @@ async def test_deeply_nested_json_is_a_400_on_every_post(h: Harness) -> None:
             assert status == 400, (path, reply)
     for what in ("heartbeat", "events"):
         status, _ = await raw(h, "POST", f"/agent/v1/attempts/{aid}/{what}", deep,
-                              token=h.ctl.agent_token(aid))
+                              token=h.ctl.sessions.agent_token(aid))
         assert status == 400
 
 
@@ -240,7 +240,7 @@ async def test_bad_env_overrides_are_a_400_and_store_nothing(h: Harness, envs: A
 
 
 async def test_an_empty_token_never_authorizes(h: Harness) -> None:
-    h.ctl.token = ""
+    h.ctl.services.token = ""
     for token in ("", " "):
         status, _ = await h.api("GET", "/api/v1/jobs", token=token)
         assert status == 401
@@ -263,7 +263,7 @@ async def test_concurrent_submits_of_one_workdir_both_succeed(h: Harness) -> Non
 async def test_agent_rejects_change_nothing_and_are_not_liveness(h: Harness) -> None:
     job_id = await submit(h)
     aid = await until("an attempt", lambda: h.ctl.store.sync.get_job(job_id).current_attempt)
-    h.ctl.last_seen.clear()
+    h.ctl.sessions.last_seen.clear()
     for event in ({"kind": "exit", "exit_code": 10**20, "rank": 0},
                   {"kind": "exit", "exit_code": True, "rank": 0},
                   {"kind": "phase", "phase": "nope", "rank": 0},
@@ -274,18 +274,18 @@ async def test_agent_rejects_change_nothing_and_are_not_liveness(h: Harness) -> 
     for beat in ({"rank": 10**30}, {"rank": True}, {"rank": 0, "wait_go": "x"},
                  {"rank": 0, "wait_go": -1}):
         status, _ = await h.api("POST", f"/agent/v1/attempts/{aid}/heartbeat", beat,
-                                token=h.ctl.agent_token(aid))
+                                token=h.ctl.sessions.agent_token(aid))
         assert status == 400, beat
-    assert h.ctl.last_seen == {}
+    assert h.ctl.sessions.last_seen == {}
     status, _ = await raw(h, "POST", f"/agent/v1/attempts/{aid}/logs?rank=0&offset=-5", b"x",
-                          token=h.ctl.agent_token(aid))
+                          token=h.ctl.sessions.agent_token(aid))
     assert status == 400
     # A huge wait is capped (float(10**400) used to overflow); the wait ends at the go.
     beat = asyncio.create_task(h.api("POST", f"/agent/v1/attempts/{aid}/heartbeat",
                                      {"rank": 0, "wait_go": 10**400},
-                                     token=h.ctl.agent_token(aid)))
+                                     token=h.ctl.sessions.agent_token(aid)))
     await asyncio.sleep(0.2)
-    h.ctl.grant_go(aid)
+    h.ctl.sessions.grant_go(aid)
     status, reply = await asyncio.wait_for(beat, 35)
     assert status == 200
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from skyjobs.config import load_config
-from skyjobs.controller import daemon, runner
+from skyjobs.controller import runner, runners
 from skyjobs.controller.daemon import Controller
 from skyjobs.providers import base
 from skyjobs.providers.fake import FakeProvider
@@ -45,7 +45,7 @@ class Seams(Harness):
         return [r["kind"] for r in self.ctl.store.sync.zone_events_since(0)]
 
     async def heartbeat(self, attempt_id: int) -> None:
-        headers = {"Authorization": f"Bearer {self.ctl.agent_token(attempt_id)}"}
+        headers = {"Authorization": f"Bearer {self.ctl.sessions.agent_token(attempt_id)}"}
         async with self.http.post(f"{self.ctl.url}/agent/v1/attempts/{attempt_id}/heartbeat",
                                   json={"rank": 0}, headers=headers) as resp:
             assert resp.status == 200, await resp.text()
@@ -111,10 +111,10 @@ async def test_a_failed_terminate_never_lets_two_attempts_run(seams: Any) -> Non
     assert h.attempt(old).status == "ended"
     # The reaper retries after a second; until the old instance is gone, no go.
     while not h.attempt(old).released:
-        assert new not in h.ctl.go
+        assert new not in h.ctl.sessions.go
         assert old_ids[0] in h.fake.alive()
         await asyncio.sleep(0.02)
-    await until("go for the replacement", lambda: new in h.ctl.go)
+    await until("go for the replacement", lambda: new in h.ctl.sessions.go)
     assert old_ids[0] not in h.fake.alive()
     assert ("terminate", "before") in [(op, mode) for op, mode, _ in h.faulty.injected]
 
@@ -165,7 +165,7 @@ async def test_killed_between_commit_and_terminate_the_next_start_releases(
     assert old_ids[0] not in h.fake.alive()
     new = await next_attempt(h, job_id, old)
     await go_ready(h, new)
-    await until("go for the replacement", lambda: new in h.ctl.go)
+    await until("go for the replacement", lambda: new in h.ctl.sessions.go)
 
 
 @pytest.mark.parametrize("cleanup", ["before", "after"])
@@ -259,10 +259,10 @@ async def test_a_drained_job_that_exits_0_is_moved_not_succeeded(
     spot_again["on"] = True
     new = await next_attempt(h, job_id, old)
     await go_ready(h, new)
-    await until("the old attempt asked to drain", lambda: old in h.ctl.drain)
+    await until("the old attempt asked to drain", lambda: old in h.ctl.sessions.drain)
     await h.agent(old, {"kind": "exit", "exit_code": 0, "rank": 0})
 
-    await until("go for the spot attempt", lambda: new in h.ctl.go)
+    await until("go for the spot attempt", lambda: new in h.ctl.sessions.go)
     await h.agent(new, {"kind": "phase", "phase": "running", "rank": 0})
     j = await h.wait_status(job_id, "RUNNING", "SUCCEEDED")
     assert j["status"] == "RUNNING"
@@ -286,7 +286,7 @@ async def test_an_agent_that_never_reports_fails_the_job_instead_of_looping(
 
 async def test_a_runner_that_keeps_crashing_fails_its_job(
         seams: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon, "RUNNER_RESTART_DELAY", 0.01)
+    monkeypatch.setattr(runners, "RUNNER_RESTART_DELAY", 0.01)
 
     async def broken(self: runner.JobRunner, snap: Any) -> None:
         raise RuntimeError("a deterministic bug\nwith a second line")

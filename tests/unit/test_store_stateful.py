@@ -137,7 +137,7 @@ class StoreMachine(RuleBasedStateMachine):
         ending = m.pick(end) if end is not None and m.attempts else None
         kwargs: dict[str, Any] = {"expect": expect, "exit_code": exit_code}
         if ending is not None:
-            kwargs["end_attempt"] = (ending.id, "ended by transition")
+            kwargs["end_attempt"] = (ending.id, "superseded")
         if target == st.RECOVERING:
             kwargs["job_updates"] = {"recovery_count": m.recovery_count + 1}
         if not allowed(m.status, target, expect):
@@ -186,7 +186,7 @@ class StoreMachine(RuleBasedStateMachine):
         if not m.attempts:
             return
         a = m.pick(pick)
-        self.db.end_attempt(job, a.id, "no capacity", exit_code, "attempt ended")
+        self.db.end_attempt(job, a.id, "no_capacity", exit_code, "attempt ended")
         if not a.ended:  # ending it again is a no-op that records nothing
             m.events += 1
             a.status = "ended"

@@ -1,0 +1,79 @@
+"""The instance monitor: what the clouds say about live instances, in batches.
+
+One status call per provider for every live attempt: an instance that is gone (on cloud
+evidence: a just-launched instance the cloud does not list yet is not gone) is reported to
+its runner; an attempt whose instances are all up gets its agents' silence checked. The
+orphan sweep terminates instances this controller launched that no attempt owns.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from skyjobs.controller import store as st
+from skyjobs.controller.messages import Message
+from skyjobs.controller.services import Services
+from skyjobs.exceptions import ProviderError
+from skyjobs.providers import base
+from skyjobs.providers.base import OwnedLister, ability
+from skyjobs.states import AttemptStatus, MessageKind
+
+log = structlog.get_logger("skyjobs.monitor")
+
+
+class InstanceMonitor:
+    def __init__(self, services: Services) -> None:
+        self.sv = services
+
+    async def poll(self) -> None:
+        sv = self.sv
+        attempts = [a for a in await sv.store.call(sv.store.sync.unreleased_attempts)
+                    if a.status in (AttemptStatus.PROVISIONING, AttemptStatus.RUNNING)
+                    and a.job_id in sv.runners]
+        by_cloud: dict[str, list[str]] = {}
+        for a in attempts:
+            by_cloud.setdefault(a.cloud, []).extend(a.instance_ids)
+        infos: dict[str, base.InstanceInfo] = {}
+        for cloud, ids in by_cloud.items():
+            try:
+                infos.update(await sv.providers[cloud].status(ids))
+            except ProviderError as err:
+                log.warning("instance poll failed", cloud=cloud, error=str(err))
+        for a in attempts:
+            gone = [infos[i] for i in a.instance_ids if i in infos
+                    and infos[i].state in base.ENDING and not self._too_new(a, infos[i])]
+            if gone:
+                sv.runners.post(a.job_id, Message(MessageKind.GONE, a.id, detail=gone[0]))
+            elif (a.status == AttemptStatus.RUNNING or sv.sessions.heard_any(a.id)) and all(
+                    i in infos for i in a.instance_ids):
+                await sv.sessions.check_silence(a)
+
+    def _too_new(self, a: st.Attempt, info: base.InstanceInfo) -> bool:
+        """A just-launched instance the cloud does not list yet (EC2 is eventually
+        consistent) is not gone; only past the grace does "not found" count."""
+        if info.reason != base.NOT_FOUND or a.status == AttemptStatus.RUNNING:
+            return False
+        return self.sv.sessions.since_launch(a.id) < self.sv.config.launch_visibility_grace
+
+    async def sweep_orphans(self) -> None:
+        """Terminate instances this controller launched that no unreleased attempt owns.
+
+        Attempts are recorded before any launch, so an orphan means someone else's mistake
+        (or a bug); each one is logged."""
+        sv = self.sv
+        for cloud, any_provider in sv.providers.items():
+            provider = ability(any_provider, OwnedLister)
+            if provider is None:
+                continue
+            try:
+                listed = await provider.list_owned(sv.instance_prefix)
+                # Read the owners after listing: an attempt is recorded before its launch, so
+                # every instance listed already has its row (the other order races a launch).
+                owned = {i for a in await sv.store.call(sv.store.sync.unreleased_attempts)
+                         for i in a.instance_ids}
+                orphans = [i for i in listed if i not in owned]
+                if orphans:
+                    log.warning("terminating orphan instances", cloud=cloud, ids=orphans)
+                    await any_provider.terminate(orphans)
+            except ProviderError as err:
+                log.warning("orphan sweep failed", cloud=cloud, error=str(err))

@@ -1,0 +1,103 @@
+"""What job runners and the HTTP layer may use: a narrow set of services, not the daemon.
+
+Built once by the lifecycle (daemon.py) after the store is open, the evidence loaded and
+the providers made; nothing here starts or stops anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from skyjobs.config import ControllerConfig
+from skyjobs.controller import store as st
+from skyjobs.controller.metrics import Metrics
+from skyjobs.controller.reaper import Reaper
+from skyjobs.controller.sessions import AgentSessions
+from skyjobs.controller.webhooks import WebhookDispatcher
+from skyjobs.pricing.catalog import Catalog, Offering, Placement
+from skyjobs.pricing.prices import PriceBook
+from skyjobs.providers.base import LaunchRequest, Provider
+from skyjobs.recovery.memory import PreemptionMemory
+from skyjobs.states import RecoveryCause
+
+if TYPE_CHECKING:
+    from skyjobs.controller.runners import Runners
+
+
+@dataclass
+class Services:
+    config: ControllerConfig
+    store: st.Store
+    catalog: Catalog
+    providers: dict[str, Provider]
+    memory: PreemptionMemory
+    price_book: PriceBook
+    metrics: Metrics
+    sessions: AgentSessions
+    reaper: Reaper
+    runners: Runners
+    webhooks: WebhookDispatcher
+    token: str  # the user API's bearer token
+    instance_prefix: str  # every instance id starts with it; the orphan sweep's key
+    url: str = ""  # where this controller serves (set once the HTTP site is up)
+    started_at: float = field(default_factory=time.time)
+    launch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
+    _offerings: dict[tuple[str, str, str], Offering] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.launch_slots = asyncio.Semaphore(self.config.max_concurrent_launches)
+        self._offerings = {(o.cloud, o.zone, o.instance_type): o
+                           for o in self.catalog.offerings}
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    def offering_of(self, cloud: str, zone: str, instance_type: str) -> Offering | None:
+        return self._offerings.get((cloud, zone, instance_type))
+
+    def placement_of(self, a: st.Attempt) -> Placement:
+        """An attempt's placement as the catalog knows it (or as the attempt recorded it,
+        for an offering the catalog no longer lists)."""
+        offering = self.offering_of(a.cloud, a.zone, a.instance_type) or Offering(
+            a.cloud, a.region, a.zone, a.instance_type, None, 0, 0, 0, a.price_per_hour,
+            a.price_per_hour if a.use_spot else None, "", "attempt record")
+        return Placement(offering, a.use_spot, a.price_per_hour)
+
+    def launch_request(self, job: st.Job, attempt: st.Attempt) -> LaunchRequest:
+        url = self.config.advertise_url or self.url
+        env = {"SKYJOBS_CONTROLLER_URL": url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
+               "SKYJOBS_AGENT_TOKEN": self.sessions.agent_token(attempt.id)}
+        return LaunchRequest(
+            job_id=job.id, attempt_id=attempt.id, placement=self.placement_of(attempt),
+            instance_ids=attempt.instance_ids,
+            agent_env=[{**env, "SKYJOBS_NODE_RANK": str(r)} for r in range(attempt.num_nodes)],
+            tags={"skyjobs-controller": self.instance_prefix, "skyjobs-job": str(job.id),
+                  "skyjobs-attempt": str(attempt.n)})
+
+    def on_recovery(self, cause: RecoveryCause, attempt: st.Attempt) -> None:
+        self.metrics.recovery(cause)
+        if attempt.notice_at is not None:
+            self.metrics.notice_latency(time.time() - attempt.notice_at)
+
+    def wake_webhooks(self) -> None:
+        """Called after a transition: deliver its webhooks now, not at the next poll."""
+        self.webhooks.wake()
+
+    async def render_metrics(self) -> tuple[bytes, str]:
+        now = time.time()
+        counts = await self.store.call(self.store.sync.count_jobs)
+        outbox = await self.store.call(self.store.sync.outbox_stats)
+        usage = await self.store.call(self.store.sync.usage_by_offering, now)
+        cost = on_demand = 0.0
+        for u in usage:
+            offering = self.offering_of(u["cloud"], u["zone"], u["instance_type"])
+            cost += u["cost"]
+            on_demand += u["node_hours"] * offering.ondemand_price if offering else u["cost"]
+        return self.metrics.render(counts, outbox["backlog"], cost, on_demand - cost)
+
+
