@@ -7,13 +7,9 @@ or from the state directory (``--state-dir`` / ``SKYJOBS_STATE_DIR``, default ``
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
-import subprocess
 import sys
-import tarfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +19,10 @@ import click
 
 from skyjobs.client import Client, connect
 from skyjobs.config import default_state_dir
-from skyjobs.exceptions import ControllerUnavailableError, SkyjobsError, SpecError
-from skyjobs.spec import TaskSpec, load_task_document, read_task_document
-
-TERMINAL = {"SUCCEEDED", "FAILED", "FAILED_NO_RESOURCE", "CANCELLED"}
-ARCHIVE_EXCLUDES = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
+from skyjobs.exceptions import ControllerUnavailableError, SkyjobsError
+from skyjobs.spec import load_task_document
+from skyjobs.states import TERMINAL
+from skyjobs.submission import build_archive, raw_task
 
 
 class Ctx:
@@ -79,7 +74,7 @@ def controller(obj: Ctx, host: str | None, port: int | None, clouds: str | None)
 @main.command(hidden=True)
 def agent() -> None:
     """Run a node agent (started by providers on each instance)."""
-    from skyjobs.agent import main as agent_main
+    from skyjobs.node.agent import main as agent_main
 
     agent_main()
 
@@ -94,28 +89,6 @@ def _parse_envs(pairs: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
         out[key] = value
     return out
-
-
-def build_archive(spec: TaskSpec) -> str | None:
-    """The workdir and local file mounts as a base64 tar.gz, or None when there are none."""
-    mounts = spec.local_mounts()
-    if spec.workdir is None and not mounts:
-        return None
-    buf = io.BytesIO()
-
-    def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        return None if Path(info.name).name in ARCHIVE_EXCLUDES else info
-
-    try:
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            if spec.workdir:
-                tar.add(spec.workdir, arcname="workdir", filter=skip)
-            for index, source in enumerate(mounts.values()):
-                tar.add(source, arcname=f"mounts/{index}", filter=skip)
-    except OSError as err:  # an unreadable file, a socket, a file gone meanwhile
-        raise SpecError(f"cannot pack {err.filename or 'the workdir'}: "
-                        f"{err.strerror or err}") from None
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 @main.command()
@@ -137,7 +110,7 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow
     archive = build_archive(spec)
     client = obj.client(autostart=True)
     reply = client.post("/api/v1/jobs", {
-        "task": _raw_task(document), "source": str(file), "name": name, "envs": overrides,
+        "task": raw_task(document), "source": str(file), "name": name, "envs": overrides,
         "archive": archive})
     click.echo(reply["id"])
     if follow:
@@ -146,21 +119,6 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow
         click.echo(f"job {status['id']} {status['status']}"
                    + (f": {status['reason']}" if status.get("reason") else ""), err=True)
         sys.exit(0 if status["status"] == "SUCCEEDED" else 1)
-
-
-def _raw_task(data: Any) -> Any:
-    """The task document as sent to the controller (a loaded document, or a file's path)."""
-    if isinstance(data, Path):
-        data = read_task_document(data)
-    # Paths were checked locally; the controller gets their contents in the archive.
-    if isinstance(data, dict):
-        data.pop("workdir", None)
-        mounts = data.get("file_mounts") or {}
-        if isinstance(mounts, dict):
-            data["file_mounts"] = {k: v for k, v in mounts.items() if not isinstance(v, str)}
-            data["file_mounts"].update({k: "(uploaded)" for k, v in mounts.items()
-                                        if isinstance(v, str)})
-    return data
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -322,7 +280,7 @@ def preempt(obj: Ctx, job_id: int, notice: float) -> None:
 def plan(obj: Ctx, file: Path, as_json: bool) -> None:
     """Show the ranked candidate placements for a task, launching nothing."""
     _, document = load_task_document(file)
-    reply = obj.client(autostart=True).post("/api/v1/plan", {"task": _raw_task(document),
+    reply = obj.client(autostart=True).post("/api/v1/plan", {"task": raw_task(document),
                                                              "source": str(file)})
     if as_json:
         click.echo(json.dumps(reply, indent=2))
@@ -423,18 +381,6 @@ def run() -> None:
         click.echo(f"error: unexpected {type(err).__name__}: {err} (SKYJOBS_DEBUG=1 shows "
                    "the traceback)", err=True)
         sys.exit(1)
-
-
-def start_local_controller(state_dir: Path) -> None:
-    """Start a controller for state_dir in the background, logging to controller.log."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    log = open(state_dir / "controller.log", "ab")  # noqa: SIM115 - handed to the child
-    env = {**os.environ, "SKYJOBS_LOG_FORMAT": os.environ.get("SKYJOBS_LOG_FORMAT", "json")}
-    port = os.environ.get("SKYJOBS_PORT", "0")
-    subprocess.Popen([sys.executable, "-m", "skyjobs", "--state-dir", str(state_dir),
-                      "controller", "--port", port], stdout=log, stderr=log,
-                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    log.close()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import http.client
 import json
 import os
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -119,8 +121,6 @@ def connect(state_dir: Path, url: str | None, autostart: bool = False) -> Client
         raise ControllerUnavailableError(
             f"no controller is running on {state_dir} (start one with `skyjobs controller`, "
             "or submit a job to start one in the background)")
-    from skyjobs.cli import start_local_controller
-
     (state_dir / "controller.json").unlink(missing_ok=True)
     start_local_controller(state_dir)
     deadline = time.monotonic() + AUTOSTART_WAIT
@@ -132,3 +132,15 @@ def connect(state_dir: Path, url: str | None, autostart: bool = False) -> Client
     raise ControllerUnavailableError(
         f"started a controller on {state_dir} but it did not come up; see "
         f"{state_dir / 'controller.log'}")
+
+
+def start_local_controller(state_dir: Path) -> None:
+    """Start a controller for state_dir in the background, logging to controller.log."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = open(state_dir / "controller.log", "ab")  # noqa: SIM115 - handed to the child
+    env = {**os.environ, "SKYJOBS_LOG_FORMAT": os.environ.get("SKYJOBS_LOG_FORMAT", "json")}
+    port = os.environ.get("SKYJOBS_PORT", "0")
+    subprocess.Popen([sys.executable, "-m", "skyjobs", "--state-dir", str(state_dir),
+                      "controller", "--port", port], stdout=log, stderr=log,
+                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    log.close()

@@ -18,6 +18,7 @@ import click
 
 from skyjobs.client import Client, connect, wait_until
 from skyjobs.spec import load_task
+from skyjobs.submission import build_archive, raw_task
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.yaml"
 FAST = {"SKYJOBS_INSTANCE_POLL_INTERVAL": "1", "SKYJOBS_NOTICE_POLL_INTERVAL": "0.25",
@@ -46,13 +47,12 @@ def all_logs(client: Client, job_id: int) -> str:
 
 
 def run_demo(task_file: Path, state_dir: Path, notice: float) -> None:
-    from skyjobs.cli import _raw_task, build_archive
 
     os.environ.update({k: v for k, v in FAST.items() if k not in os.environ})
     say(f"starting a controller on {state_dir}")
     client = connect(state_dir, None, autostart=True)
     spec = load_task(task_file)
-    job = client.post("/api/v1/jobs", {"task": _raw_task(task_file), "source": str(task_file),
+    job = client.post("/api/v1/jobs", {"task": raw_task(task_file), "source": str(task_file),
                                        "archive": build_archive(spec)})
     job_id = int(job["id"])
     say(f"submitted {task_file.name} as job {job_id}")

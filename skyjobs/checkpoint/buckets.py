@@ -1,22 +1,14 @@
-"""Checkpoint buckets on a node: MOUNT (live view of the bucket) and COPY (synced copy).
+"""Checkpoint buckets as a task names them: ``local://NAME[/PATH]``, ``s3://BUCKET[/PREFIX]``.
 
-Runs inside the agent, so stdlib only. ``local://NAME[/PATH]`` buckets are directories under
-the controller's ``buckets/`` folder, shared by every local instance, which is what makes the
-next attempt see what the last one saved. COPY mode downloads at start and uploads
-periodically, on a preemption notice and when the job exits; each file is replaced
-atomically in the bucket, so a preemption mid-upload never leaves a torn checkpoint.
+What both sides agree on: how a source is parsed and where a ``local://`` bucket lives under
+the controller's state directory. Mounting and syncing on a node is in
+:mod:`skyjobs.node.buckets`; the submit-time check that a cloud bucket is usable is the
+provider's (``BucketChecker``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from skyjobs.fsutil import TMP_SUFFIX, atomic_copy
 
 
 def parse_bucket(source: str) -> tuple[str, str, str]:
@@ -33,103 +25,3 @@ def local_bucket_dir(source: str, buckets_root: Path) -> Path:
     if name in ("", ".", "..") or ".." in Path(path).parts:
         raise ValueError(f"{source}: invalid bucket name or path")
     return buckets_root / name / path if path else buckets_root / name
-
-
-def node_path(target: str, fs_root: Path | None) -> Path:
-    """Where a task's target path lives on this node.
-
-    On a real VM the path is used as written. A local instance shares the host's file system
-    with its siblings, so absolute targets are placed under the instance's own root.
-    """
-    if target.startswith("~/"):
-        return Path.home() / target[2:]
-    if fs_root is None:
-        return Path(target)
-    return fs_root / target.lstrip("/")
-
-
-def _copy_file_atomic(src: Path, dst: Path) -> None:
-    # Durable before the next step trusts it: a checkpoint that vanishes in a crash after
-    # its upload was reported would send the next attempt back in time.
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    atomic_copy(src, dst)
-
-
-def _changed(src: Path, dst: Path) -> bool:
-    try:
-        a, b = src.stat(), dst.stat()
-    except FileNotFoundError:
-        return True
-    # Nanoseconds, not seconds: a checkpoint rewritten within the second at the same size
-    # (step 10 -> step 11) must still count as changed, or a resume goes back in time.
-    return a.st_size != b.st_size or a.st_mtime_ns != b.st_mtime_ns
-
-
-def sync_tree(src: Path, dst: Path) -> int:
-    """Copy new and changed files from src to dst; returns how many were copied.
-
-    Deletions are not propagated: losing a checkpoint is worse than keeping a stale file.
-    """
-    copied = 0
-    if not src.exists():
-        return 0
-    for dirpath, _dirs, files in os.walk(src):
-        for name in files:
-            if name.endswith(TMP_SUFFIX):
-                continue
-            s = Path(dirpath) / name
-            d = dst / s.relative_to(src)
-            if _changed(s, d):
-                _copy_file_atomic(s, d)
-                copied += 1
-    return copied
-
-
-@dataclass
-class MountedBucket:
-    target: Path
-    bucket: Path
-    mode: str  # "MOUNT" or "COPY"
-
-    def prepare(self) -> None:
-        self.bucket.mkdir(parents=True, exist_ok=True)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        if self.mode == "MOUNT":
-            if self.target.is_symlink() or self.target.is_file():
-                self.target.unlink()
-            elif self.target.is_dir():
-                shutil.rmtree(self.target)
-            self.target.symlink_to(self.bucket, target_is_directory=True)
-        else:
-            self.target.mkdir(parents=True, exist_ok=True)
-            sync_tree(self.bucket, self.target)
-
-    def upload(self) -> int:
-        return sync_tree(self.target, self.bucket) if self.mode == "COPY" else 0
-
-
-class BucketSet:
-    """All buckets of a node, with one lock so periodic and notice uploads never overlap."""
-
-    def __init__(self, buckets: list[Any]) -> None:
-        self.buckets = buckets
-        self._lock = threading.Lock()
-
-    def prepare(self) -> None:
-        for b in self.buckets:
-            b.prepare()
-
-    def refresh_copies(self) -> None:
-        """Download again what changed in COPY buckets (MOUNT views are live already)."""
-        with self._lock:
-            for b in self.buckets:
-                if b.mode == "COPY":
-                    b.prepare()
-
-    def upload(self) -> int:
-        with self._lock:
-            return sum(b.upload() for b in self.buckets)
-
-    @property
-    def has_copy(self) -> bool:
-        return any(b.mode == "COPY" for b in self.buckets)

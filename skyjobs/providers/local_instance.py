@@ -190,7 +190,7 @@ def serve(directory: Path, ready_fd: int, lock_fd: int) -> None:
            "SKYJOBS_METADATA_LONG_POLL": "1",
            "SKYJOBS_INSTANCE_DIR": str(directory)}
     log = open(directory / "agent.log", "ab")  # noqa: SIM115 - lives as long as the instance
-    agent = subprocess.Popen([sys.executable, "-m", "skyjobs.agent"], cwd=home, env=env,
+    agent = subprocess.Popen([sys.executable, "-m", "skyjobs.node.agent"], cwd=home, env=env,
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     inst.update_state(state="running", pid=os.getpid(), sid=os.getsid(0),
                       start_ticks=start_ticks(os.getpid()), metadata_port=port,

@@ -14,8 +14,8 @@ pytest.importorskip("moto.server", reason="the AWS tests need moto[server] (extr
 import boto3  # noqa: E402
 import yaml  # noqa: E402
 
-from skyjobs.cli import _raw_task, build_archive  # noqa: E402
 from skyjobs.spec import load_task  # noqa: E402
+from skyjobs.submission import build_archive, raw_task  # noqa: E402
 from tests.aws.aws_harness import ROOT  # noqa: E402
 from tests.aws.conftest import until  # noqa: E402
 
@@ -35,7 +35,7 @@ def train_task(tmp_path: Path, steps: int = 40, nodes: int = 1) -> dict[str, Any
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(doc))
     spec = load_task(path)
-    return {"task": _raw_task(path), "source": str(path), "archive": build_archive(spec)}
+    return {"task": raw_task(path), "source": str(path), "archive": build_archive(spec)}
 
 
 def make_bucket() -> Any:

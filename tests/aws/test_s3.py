@@ -15,9 +15,9 @@ import boto3  # noqa: E402
 from moto.s3.exceptions import S3ClientError  # noqa: E402
 from moto.s3.models import S3Backend  # noqa: E402
 
-from skyjobs.checkpoint.factory import make_bucket  # noqa: E402
-from skyjobs.checkpoint.s3 import S3Bucket, S3BucketError  # noqa: E402
 from skyjobs.exceptions import SpecError  # noqa: E402
+from skyjobs.node.buckets import make_bucket  # noqa: E402
+from skyjobs.node.s3 import S3Bucket, S3BucketError  # noqa: E402
 from skyjobs.providers.aws import check_bucket  # noqa: E402
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from skyjobs.cli import build_archive
 from skyjobs.spec import load_task
+from skyjobs.submission import build_archive
 from tests.conftest import task
 
 SHORT = {"SKYJOBS_MAX_LAUNCH_ROUNDS": "2"}

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from skyjobs.cli import _raw_task, build_archive
 from skyjobs.spec import load_task
+from skyjobs.submission import build_archive, raw_task
 from tests.conftest import ROOT, ControllerProc, task, wait_for
 
 TRAIN = ROOT / "examples" / "train"
@@ -17,7 +17,7 @@ TRAIN = ROOT / "examples" / "train"
 def submit_yaml(ctl: ControllerProc, path: Path) -> int:
     spec = load_task(path)
     return int(ctl.client.post("/api/v1/jobs", {
-        "task": _raw_task(path), "source": str(path), "archive": build_archive(spec)})["id"])
+        "task": raw_task(path), "source": str(path), "archive": build_archive(spec)})["id"])
 
 
 def train_task(tmp_path: Path, mode: str = "MOUNT", nodes: int = 1, steps: int = 40,

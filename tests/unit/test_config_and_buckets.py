@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from skyjobs.checkpoint.buckets import BucketSet, MountedBucket, local_bucket_dir, node_path
+from skyjobs.checkpoint.buckets import local_bucket_dir
 from skyjobs.config import load_config
 from skyjobs.exceptions import ConfigError
+from skyjobs.node.buckets import BucketSet, MountedBucket, node_path
 
 
 def test_config_precedence_flag_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,10 +7,10 @@ import stat
 import time
 from pathlib import Path
 
-from skyjobs.checkpoint.buckets import sync_tree
 from skyjobs.config import load_config
 from skyjobs.controller.daemon import Controller, read_or_create_secret
 from skyjobs.fsutil import TMP_SUFFIX, atomic_write
+from skyjobs.node.buckets import sync_tree
 from skyjobs.providers.fake import FakeProvider
 from tests.unit.test_controller_fake import TASK, Harness, submit
 

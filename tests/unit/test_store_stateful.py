@@ -240,7 +240,8 @@ class StoreMachine(RuleBasedStateMachine):
         if not m.attempts:
             return
         source = m.pick(pick)
-        if m.status not in (st.PROVISIONING, st.RECOVERING):
+        # Staying needs somewhere to stay: an ended source (it exited meanwhile) is refused.
+        if m.status not in (st.PROVISIONING, st.RECOVERING) or source.ended:
             self.refused(IllegalTransitionError, self.db.abort_migration, job, source.id,
                          "no better placement")
             return

@@ -14,11 +14,9 @@ Stdlib only: it must start fast and install anywhere.
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import tarfile
@@ -30,149 +28,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from skyjobs.checkpoint.buckets import BucketSet, node_path
-from skyjobs.checkpoint.factory import make_bucket
 from skyjobs.fsutil import atomic_write
+from skyjobs.node.buckets import BucketSet, make_bucket, node_path
+from skyjobs.node.client import ControllerClient
+from skyjobs.node.notice import NoticeWatcher
 
-REPORT_RETRY_SECONDS = 3600.0  # how long an exit report is retried while the controller is away
 FETCH_RETRY_SECONDS = 600.0
 GO_WAIT_SECONDS = 20.0
 FINAL_LOG_CHUNKS = 1024  # at exit, ship up to 1 GiB of log that is still unsent
-LONG_POLL_SECONDS = 30
 
 
 def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} agent: {msg}", flush=True)
-
-
-class ControllerClient:
-    """HTTP to the controller over one kept-alive connection per thread (thousands of agents
-    reconnecting for every heartbeat would cost the controller more than the requests)."""
-
-    def __init__(self, url: str, attempt_id: str, token: str, rank: int) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.netloc = parts.netloc
-        self.base = f"{parts.path.rstrip('/')}/agent/v1/attempts/{attempt_id}"
-        self.token = token
-        self.rank = rank
-        self._local = threading.local()
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.https:
-                ctx = ssl.create_default_context(cafile=os.environ.get("SKYJOBS_CA_FILE"))
-                conn = http.client.HTTPSConnection(self.netloc, timeout=timeout, context=ctx)
-            else:
-                conn = http.client.HTTPConnection(self.netloc, timeout=timeout)
-            self._local.conn = conn
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-        self._local.conn = None
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                ctype: str = "application/json", timeout: float = 10.0) -> bytes:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        if body is not None:
-            headers["Content-Type"] = ctype
-        for retry in (False, True):
-            conn = self._connection(timeout)
-            try:
-                conn.request(method, f"{self.base}{path}", body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            except (http.client.HTTPException, OSError):
-                self._drop()
-                if retry:
-                    raise
-                continue  # a kept-alive connection the server had closed: reconnect once
-            if resp.status >= 400:
-                raise urllib.error.HTTPError(f"{self.netloc}{path}", resp.status, resp.reason,
-                                             resp.headers, io.BytesIO(data))
-            return data
-        raise AssertionError("unreachable")
-
-    def call(self, method: str, path: str, payload: Any = None, timeout: float = 10.0) -> Any:
-        body = None if payload is None else json.dumps(payload).encode()
-        return json.loads(self.request(method, path, body, timeout=timeout) or b"null")
-
-    def retrying(self, fn: Any, budget: float, what: str) -> Any:
-        """Retry transient failures (controller down, 5xx) with backoff; 4xx is final."""
-        deadline, delay = time.monotonic() + budget, 0.2
-        while True:
-            try:
-                return fn()
-            except urllib.error.HTTPError as err:
-                if 400 <= err.code < 500:
-                    raise
-                problem = f"HTTP {err.code}"
-            except (OSError, ValueError, http.client.HTTPException) as err:
-                problem = str(err)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: gave up: {problem}")
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    def report(self, event: dict[str, Any], budget: float = REPORT_RETRY_SECONDS) -> Any:
-        event = {**event, "rank": self.rank}
-        return self.retrying(lambda: self.call("POST", "/events", event), budget,
-                             f"report {event.get('kind')}")
-
-
-class NoticeWatcher(threading.Thread):
-    """Polls the IMDSv2-style spot instance-action endpoint and fires once."""
-
-    def __init__(self, metadata_url: str, interval: float, on_notice: Any) -> None:
-        super().__init__(daemon=True, name="notice")
-        self.url = metadata_url.rstrip("/")
-        self.interval = interval
-        self.on_notice = on_notice
-        self.long_poll = os.environ.get("SKYJOBS_METADATA_LONG_POLL") == "1"
-        self._token: str | None = None
-
-    def _token_header(self) -> dict[str, str]:
-        if self._token is None:
-            req = urllib.request.Request(f"{self.url}/latest/api/token", method="PUT")
-            req.add_header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                self._token = resp.read().decode()
-        return {"X-aws-ec2-metadata-token": self._token}
-
-    def poll(self) -> dict[str, Any] | None:
-        # The local provider's metadata service can hold the request until a notice (like
-        # GCE's wait_for_change); real IMDS is polled.
-        query, timeout = (f"?wait={LONG_POLL_SECONDS}", LONG_POLL_SECONDS + 5) \
-            if self.long_poll else ("", 2)
-        req = urllib.request.Request(
-            f"{self.url}/latest/meta-data/spot/instance-action{query}",
-            headers=self._token_header())
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return dict(json.loads(resp.read()))
-        except urllib.error.HTTPError as err:
-            if err.code == 401:
-                self._token = None  # the token expired: fetch a new one next time
-            return None
-
-    def run(self) -> None:
-        while True:
-            try:
-                notice = self.poll()
-            except (OSError, ValueError):
-                notice = None
-            if notice is not None:
-                self.on_notice(notice)
-                return
-            if not self.long_poll:
-                time.sleep(self.interval)
 
 
 class Agent:
