@@ -8,12 +8,19 @@ variable: ``heartbeat_timeout`` is ``SKYJOBS_HEARTBEAT_TIMEOUT``.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from pydantic_settings.exceptions import SettingsError
 
 from skyjobs.exceptions import ConfigError
@@ -136,24 +143,51 @@ class ControllerConfig(BaseSettings):
     def db_path(self) -> Path:
         return self.state_dir / "skyjobs.db"
 
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, ConfigFileSource(settings_cls)
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """``<state-dir>/config.yaml`` as a pydantic-settings source, below the environment.
+
+    The file's place depends on the state directory, itself a setting: load_config decides
+    it first and hands it over through a context variable (settings sources are made by
+    the class, with no per-call arguments)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = _CONFIG_FILE.get()
+        return _read_config_file(path) if path is not None else {}
+
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("skyjobs_config_file", default=None)
+
 
 def load_config(**overrides: Any) -> ControllerConfig:
-    """Build the config; ``overrides`` are command-line values (None means not given)."""
+    """Build the config; ``overrides`` are command-line values (None means not given).
+    Precedence: these, then ``SKYJOBS_*`` variables, then the state dir's config.yaml."""
     given = {k: v for k, v in overrides.items() if v is not None}
     state_dir = Path(given.get("state_dir") or default_state_dir()).expanduser()
-    file_values = _read_config_file(state_dir / "config.yaml")
-    env_keys = {k[len("SKYJOBS_"):].lower() for k in os.environ if k.startswith("SKYJOBS_")}
-    merged = {k: v for k, v in file_values.items() if k not in env_keys}
-    merged.update(given)
-    merged["state_dir"] = state_dir
+    given["state_dir"] = state_dir
+    token = _CONFIG_FILE.set(state_dir / "config.yaml")
     try:
-        return ControllerConfig(**merged)
+        return ControllerConfig(**given)
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"]) or "config"
         raise ConfigError(f"config: {key}: {e['msg']}") from None
     except SettingsError as err:
         raise ConfigError(f"config: {err}") from None
+    finally:
+        _CONFIG_FILE.reset(token)
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import aioboto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from skyjobs.checkpoint.buckets import parse_bucket
 from skyjobs.exceptions import FatalProviderError, ProviderError, SpecError
@@ -63,40 +64,51 @@ def _keyed(value: str) -> dict[str, list[str]]:
     return out
 
 
-@dataclass(frozen=True)
-class AwsConfig:
-    """Launch settings, from ``SKYJOBS_AWS_*`` environment variables (see docs/aws.md)."""
+class AwsConfig(BaseSettings):
+    """Launch settings, from ``SKYJOBS_AWS_*`` environment variables (see docs/aws.md).
 
-    image_ids: Mapping[str, list[str]] = field(default_factory=dict)  # region -> AMI
-    security_group_ids: Mapping[str, list[str]] = field(default_factory=dict)  # region -> ids
-    subnets: Mapping[str, list[str]] = field(default_factory=dict)  # zone -> subnet id
+    Per-region and per-zone values share one syntax: ``a,b`` or ``key=a,key2=b``."""
+
+    model_config = SettingsConfigDict(env_prefix="SKYJOBS_AWS_", frozen=True,
+                                      extra="forbid", populate_by_name=True)
+
+    image_ids: Annotated[dict[str, list[str]], NoDecode] = Field(  # region -> AMI
+        # An alias replaces the prefixed env name, so the variable is spelt out in full.
+        default_factory=dict, validation_alias=AliasChoices(
+            "image_ids", "skyjobs_aws_image_id", "skyjobs_aws_image_ids"))
+    security_group_ids: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    subnets: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)  # by zone
     instance_profile: str = ""  # name or ARN
     key_name: str = ""
     package_spec: str = "skyjobs[aws]"
     agent_user: str = ""  # empty: the agent runs as root
-    regions: tuple[str, ...] = ()  # where status and orphan sweeps look besides launch regions
+    # Where status and orphan sweeps look besides launch regions.
+    regions: Annotated[tuple[str, ...], NoDecode] = ()
     endpoint_url: str | None = None
     s3_region: str = "us-east-1"
 
+    @field_validator("image_ids", "security_group_ids", "subnets", mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AwsConfig:
-        e = os.environ if env is None else env
+    def _keyed_values(cls, v: Any) -> Any:
+        return _keyed(v) if isinstance(v, str) else v
 
-        def get(name: str, default: str = "") -> str:
-            return e.get(f"SKYJOBS_AWS_{name}", default).strip()
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _region_list(cls, v: Any) -> Any:
+        return tuple(_keyed(v).get("", [])) if isinstance(v, str) else v
 
-        return cls(
-            image_ids=_keyed(get("IMAGE_ID")),
-            security_group_ids=_keyed(get("SECURITY_GROUP_IDS")),
-            subnets=_keyed(get("SUBNETS")),
-            instance_profile=get("INSTANCE_PROFILE"),
-            key_name=get("KEY_NAME"),
-            package_spec=get("PACKAGE_SPEC", "skyjobs[aws]"),
-            agent_user=get("AGENT_USER"),
-            regions=tuple(r for r in _keyed(get("REGIONS")).get("", [])),
-            endpoint_url=get("ENDPOINT_URL") or None,
-            s3_region=get("S3_REGION", "us-east-1"),
-        )
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @classmethod
+    def from_env(cls) -> AwsConfig:
+        """The settings in this process's environment (pydantic-settings reads them)."""
+        try:
+            return cls()
+        except (ValidationError, SettingsError) as err:
+            raise FatalProviderError(f"SKYJOBS_AWS_* settings: {err}") from None
 
     def image_for(self, region: str) -> str:
         images = self.image_ids.get(region) or self.image_ids.get("")

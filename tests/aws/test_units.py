@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from skyjobs.exceptions import CapacityError, FatalProviderError, ProviderError
@@ -57,15 +59,17 @@ aws = pytest.importorskip("skyjobs.providers.aws",
                           reason="the AWS provider needs aioboto3 (extra: aws)")
 
 
-def test_config_from_env_per_region_and_zone() -> None:
-    cfg = aws.AwsConfig.from_env({
+def test_config_from_env_per_region_and_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {
         "SKYJOBS_AWS_IMAGE_ID": "us-east-1=ami-east,us-west-2=ami-west",
         "SKYJOBS_AWS_SECURITY_GROUP_IDS": "sg-all,us-east-1=sg-east",
         "SKYJOBS_AWS_SUBNETS": "us-east-1a=subnet-a, us-east-1b=subnet-b",
         "SKYJOBS_AWS_INSTANCE_PROFILE": "skyjobs-node",
         "SKYJOBS_AWS_REGIONS": "us-east-1,us-west-2",
         "SKYJOBS_AWS_PACKAGE_SPEC": "skyjobs[aws]==0.1.0",
-    })
+    }.items():
+        monkeypatch.setenv(key, value)
+    cfg = aws.AwsConfig.from_env()
     assert cfg.image_for("us-west-2") == "ami-west"
     with pytest.raises(FatalProviderError, match="no AMI for eu-west-1"):
         cfg.image_for("eu-west-1")
@@ -75,7 +79,12 @@ def test_config_from_env_per_region_and_zone() -> None:
     assert cfg.subnet_for("us-east-1c") is None
     assert cfg.regions == ("us-east-1", "us-west-2")
     assert cfg.package_spec == "skyjobs[aws]==0.1.0"
-    assert aws.AwsConfig.from_env({}).endpoint_url is None
+    for key in [k for k in os.environ if k.startswith("SKYJOBS_AWS_")]:
+        monkeypatch.delenv(key)
+    assert aws.AwsConfig.from_env().endpoint_url is None
+    monkeypatch.setenv("SKYJOBS_AWS_SUBNETZ", "x")  # not a setting: ignored, as before
+    monkeypatch.setenv("SKYJOBS_AWS_REGIONS", "")
+    assert aws.AwsConfig.from_env().regions == ()
 
 
 def test_client_token_is_stable_and_short() -> None:
