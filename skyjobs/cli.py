@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import click
 from skyjobs.client import Client, connect
 from skyjobs.config import default_state_dir
 from skyjobs.exceptions import ControllerUnavailableError, SkyjobsError
+from skyjobs.render import event_line, fmt_duration, fmt_time, table
 from skyjobs.spec import load_task_document
 from skyjobs.states import TERMINAL
 from skyjobs.submission import build_archive, raw_task
@@ -121,25 +121,6 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow
         sys.exit(0 if status["status"] == "SUCCEEDED" else 1)
 
 
-def _fmt_time(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
-
-
-def _fmt_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 @main.command()
 @click.option("--status", "statuses", default=None, help="Comma-separated states to show.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
@@ -153,9 +134,9 @@ def queue(obj: Ctx, statuses: str | None, limit: int, offset: int, as_json: bool
         click.echo(json.dumps(reply["jobs"], indent=2))
         return
     rows = [[str(j["id"]), j["name"], j["status"], j["placement"] or "-", str(j["recoveries"]),
-             _fmt_time(j["submitted_at"]), _fmt_duration(j["duration_s"]), f"${j['cost']:.4f}"]
+             fmt_time(j["submitted_at"]), fmt_duration(j["duration_s"]), f"${j['cost']:.4f}"]
             for j in reply["jobs"]]
-    click.echo(_table(rows, ["ID", "NAME", "STATUS", "PLACEMENT", "RECOVERIES", "SUBMITTED",
+    click.echo(table(rows, ["ID", "NAME", "STATUS", "PLACEMENT", "RECOVERIES", "SUBMITTED",
                              "DURATION", "COST"]))
 
 
@@ -174,16 +155,16 @@ def status(obj: Ctx, job_id: int, as_json: bool) -> None:
     click.echo(f"  task id:     {j['task_id']}")
     click.echo(f"  placement:   {j['placement'] or '-'}")
     click.echo(f"  recoveries:  {j['recoveries']}   restarts after errors: {j['restarts']}")
-    click.echo(f"  submitted:   {_fmt_time(j['submitted_at'])}   duration: "
-               f"{_fmt_duration(j['duration_s'])}")
+    click.echo(f"  submitted:   {fmt_time(j['submitted_at'])}   duration: "
+               f"{fmt_duration(j['duration_s'])}")
     click.echo(f"  cost:        ${j['cost']:.4f} (on-demand would be ${j['on_demand_cost']:.4f},"
                f" saving ${j['saving']:.4f})")
     if j.get("exit_code") is not None:
         click.echo(f"  exit code:   {j['exit_code']}")
     rows = [[str(a["n"]), a["placement"], a["status"], a["end_reason"] or "-",
-             _fmt_time(a["created_at"]), f"${a['cost']:.4f}"] for a in j["attempt_list"]]
+             fmt_time(a["created_at"]), f"${a['cost']:.4f}"] for a in j["attempt_list"]]
     if rows:
-        click.echo(_table(rows, ["ATTEMPT", "PLACEMENT", "STATUS", "ENDED BY", "LAUNCHED",
+        click.echo(table(rows, ["ATTEMPT", "PLACEMENT", "STATUS", "ENDED BY", "LAUNCHED",
                                  "COST"]))
 
 
@@ -198,13 +179,7 @@ def events(obj: Ctx, job_id: int, as_json: bool) -> None:
         click.echo(json.dumps(evs, indent=2))
         return
     for e in evs:
-        what = (f"{e['from_status'] or '-'} -> {e['to_status']}" if e["kind"] == "transition"
-                else "info")
-        extra = "".join([f" [attempt {e['attempt']}]" if e["attempt"] else "",
-                         f" [{e['placement']}]" if e["placement"] else "",
-                         f" [exit {e['exit_code']}]" if e["exit_code"] is not None else ""])
-        click.echo(f"{_fmt_time(e['at'])}  ${e['cost_so_far']:<9.4f} {what:<28} "
-                   f"{e['reason'] or ''}{extra}")
+        click.echo(event_line(e))
 
 
 def _follow_logs(client: Client, job_id: int, attempt: int | None, follow: bool = True,
@@ -290,7 +265,7 @@ def plan(obj: Ctx, file: Path, as_json: bool) -> None:
              c["accelerator"] or "-", "spot" if c["spot"] else "on-demand",
              f"${c['price_per_hour']:.3f}", c["reason"]]
             for i, c in enumerate(reply["candidates"])]
-    click.echo(_table(rows, ["#", "CLOUD", "REGION", "ZONE", "INSTANCE", "ACCEL", "MARKET",
+    click.echo(table(rows, ["#", "CLOUD", "REGION", "ZONE", "INSTANCE", "ACCEL", "MARKET",
                              "$/H", "WHY"]))
 
 
@@ -320,9 +295,9 @@ def prices(obj: Ctx, accelerator: str | None, cloud: str | None, as_json: bool) 
     rows = [[p["cloud"], p["region"], p["zone"], p["instance_type"], p["accelerator"] or "-",
              f"${p['ondemand_price']:.3f}",
              f"${p['spot_price']:.3f}" if p["spot_price"] is not None else "-",
-             p["status"] + (f" ({_fmt_time(p['observed_at'])})" if p["observed_at"] else "")]
+             p["status"] + (f" ({fmt_time(p['observed_at'])})" if p["observed_at"] else "")]
             for p in reply["prices"]]
-    click.echo(_table(rows, ["CLOUD", "REGION", "ZONE", "INSTANCE", "ACCEL", "ON-DEMAND",
+    click.echo(table(rows, ["CLOUD", "REGION", "ZONE", "INSTANCE", "ACCEL", "ON-DEMAND",
                              "SPOT", "SPOT PRICE IS"]))
 
 

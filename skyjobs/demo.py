@@ -17,7 +17,9 @@ from typing import Any
 import click
 
 from skyjobs.client import Client, connect, wait_until
+from skyjobs.render import event_line
 from skyjobs.spec import load_task
+from skyjobs.states import TERMINAL
 from skyjobs.submission import build_archive, raw_task
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.yaml"
@@ -68,16 +70,12 @@ def run_demo(task_file: Path, state_dir: Path, notice: float) -> None:
     wait_for("RECOVERING", lambda: status()["recoveries"] >= 1, 30)
     say("job RECOVERING: relaunching on the next-cheapest placement")
     final = wait_for("the job to finish",
-                     lambda: (s := status())["status"] in ("SUCCEEDED", "FAILED",
-                                                           "FAILED_NO_RESOURCE", "CANCELLED")
-                     and s, 90)
+                     lambda: (s := status())["status"] in TERMINAL and s, 90)
     logs = all_logs(client, job_id)
     click.echo("\n--- job logs (every attempt) ---\n" + logs.rstrip())
     click.echo("\n--- events ---")
     for e in client.get(f"/api/v1/jobs/{job_id}/events")["events"]:
-        arrow = f"{e['from_status'] or '-'} -> {e['to_status']}" if e["kind"] == "transition" \
-            else "info"
-        click.echo(f"  {arrow:<28} {e['reason']}")
+        click.echo(f"  {event_line(e, detail=False)}")
     attempts = final["attempts"]
     say(f"job {job_id} {final['status']} after {final['recoveries']} recovery(ies), "
         f"{attempts} attempts, cost ${final['cost']:.4f} vs ${final['on_demand_cost']:.4f} "
