@@ -64,7 +64,7 @@ def controller(obj: Ctx, host: str | None, port: int | None, clouds: str | None)
 
     from skyjobs.config import load_config
     from skyjobs.controller.daemon import Controller
-    from skyjobs.logging import setup_logging
+    from skyjobs.logsetup import setup_logging
 
     cfg = load_config(state_dir=obj.state_dir, host=host, port=port, clouds=clouds)
     setup_logging(cfg.log_format)

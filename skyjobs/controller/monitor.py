@@ -51,7 +51,9 @@ class InstanceMonitor:
     def _too_new(self, a: st.Attempt, info: base.InstanceInfo) -> bool:
         """A just-launched instance the cloud does not list yet (EC2 is eventually
         consistent) is not gone; only past the grace does "not found" count."""
-        if info.reason != base.NOT_FOUND or a.status == AttemptStatus.RUNNING:
+        # Whatever the attempt's state: a fast boot can report "running" before the cloud's
+        # listing shows the instance (seen in the chaos bench as phantom recoveries).
+        if info.reason != base.NOT_FOUND:
             return False
         return self.sv.sessions.since_launch(a.id) < self.sv.config.launch_visibility_grace
 

@@ -56,6 +56,9 @@ class Agent:
         self.draining = threading.Event()
         self.go = threading.Event()
         self.done = threading.Event()
+        # Set once run has returned; a notice after that is not the job's (see _on_notice).
+        self.run_ended = threading.Event()
+        self._end_lock = threading.Lock()
         self.buckets = BucketSet([])
         self.task: dict[str, Any] = {}
         self.phase = "setup"  # what a crash of the agent itself is reported as
@@ -134,6 +137,8 @@ class Agent:
         self.phase = "run"
         if self.task.get("run"):
             code = self._run_script(self.task["run"], workdir, env, "run")
+        with self._end_lock:
+            self.run_ended.set()
         return self._finish(code, "run")
 
     def _finish(self, code: int, phase: str) -> int:
@@ -238,8 +243,14 @@ class Agent:
     # --- side threads ----------------------------------------------------------------------
 
     def _on_notice(self, notice: dict[str, Any]) -> None:
-        self.notice_seen_at = time.time()
-        self.noticed.set()
+        with self._end_lock:
+            if self.run_ended.is_set():
+                # The job is done and its exit is being reported: the notice changes nothing
+                # (reporting it would turn a finished job into a preempted one, run again).
+                log(f"preemption notice after the job finished; not reported: {notice}")
+                return
+            self.notice_seen_at = time.time()
+            self.noticed.set()
         log(f"preemption notice: {notice}")
         # The job checkpoints in parallel with the report: every second of notice counts.
         self._signal_job()

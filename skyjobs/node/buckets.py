@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,10 +51,23 @@ def _changed(src: Path, dst: Path) -> bool:
     return a.st_size != b.st_size or a.st_mtime_ns != b.st_mtime_ns
 
 
-def sync_tree(src: Path, dst: Path) -> int:
+Seen = dict[str, tuple[int, int]]  # relative path -> (size, mtime_ns) as last synced
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def sync_tree(src: Path, dst: Path, seen: Seen | None = None, *, only_changed: bool = False
+              ) -> int:
     """Copy new and changed files from src to dst; returns how many were copied.
 
-    Deletions are not propagated: losing a checkpoint is worse than keeping a stale file.
+    ``seen`` records what each file was when last synced; with ``only_changed`` a file is
+    copied only if it changed in src since then. That is what uploads need: a node that
+    never writes a checkpoint (rank 1 of a job whose rank 0 saves) must not push its stale
+    copy over the one rank 0 just uploaded. Deletions are not propagated: losing a
+    checkpoint is worse than keeping a stale file.
     """
     copied = 0
     if not src.exists():
@@ -64,10 +77,19 @@ def sync_tree(src: Path, dst: Path) -> int:
             if name.endswith(TMP_SUFFIX):
                 continue
             s = Path(dirpath) / name
-            d = dst / s.relative_to(src)
+            rel = s.relative_to(src).as_posix()
+            try:
+                now = _stamp(s)
+            except FileNotFoundError:
+                continue  # replaced between listing and now; the next round has it
+            if only_changed and seen is not None and seen.get(rel) == now:
+                continue
+            d = dst / rel
             if _changed(s, d):
                 _copy_file_atomic(s, d)
                 copied += 1
+            if seen is not None:
+                seen[rel] = now  # the copy keeps the mtime: both sides look like this now
     return copied
 
 
@@ -76,6 +98,7 @@ class MountedBucket:
     target: Path
     bucket: Path
     mode: str  # "MOUNT" or "COPY"
+    _seen: Seen = field(default_factory=dict)
 
     def prepare(self) -> None:
         self.bucket.mkdir(parents=True, exist_ok=True)
@@ -88,10 +111,13 @@ class MountedBucket:
             self.target.symlink_to(self.bucket, target_is_directory=True)
         else:
             self.target.mkdir(parents=True, exist_ok=True)
-            sync_tree(self.bucket, self.target)
+            sync_tree(self.bucket, self.target, self._seen)
 
     def upload(self) -> int:
-        return sync_tree(self.target, self.bucket) if self.mode == "COPY" else 0
+        """COPY: push what this node changed since it last synced, nothing else."""
+        if self.mode != "COPY":
+            return 0
+        return sync_tree(self.target, self.bucket, self._seen, only_changed=True)
 
 
 class BucketSet:

@@ -192,12 +192,19 @@ def serve(directory: Path, ready_fd: int, lock_fd: int) -> None:
     log = open(directory / "agent.log", "ab")  # noqa: SIM115 - lives as long as the instance
     agent = subprocess.Popen([sys.executable, "-m", "skyjobs.node.agent"], cwd=home, env=env,
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    inst.update_state(state="running", pid=os.getpid(), sid=os.getsid(0),
-                      start_ticks=start_ticks(os.getpid()), metadata_port=port,
-                      agent_pid=agent.pid, started_at=time.time())
-    os.close(lock_fd)
-    os.write(ready_fd, b"1")
-    os.close(ready_fd)
+    try:
+        inst.update_state(state="running", pid=os.getpid(), sid=os.getsid(0),
+                          start_ticks=start_ticks(os.getpid()), metadata_port=port,
+                          agent_pid=agent.pid, started_at=time.time())
+        os.close(lock_fd)
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+    except BaseException:
+        # A boot that fails once the agent runs must not leave the agent behind: nothing
+        # would ever terminate an instance the provider was told did not boot.
+        agent.kill()
+        agent.wait()
+        raise
     agent.wait()
     # A real VM keeps running after its agent exits; so does this one, until the provider
     # terminates it (which kills the whole session) or a preemption timer fires.

@@ -71,3 +71,22 @@ def test_a_checkpoint_rewritten_within_the_second_at_the_same_size_is_synced(
     assert (dst / "step.txt").read_text() == "step 11"
     (src / f".x{TMP_SUFFIX}").write_text("half")
     assert sync_tree(src, dst) == 0  # a writer's temporary is never copied on
+
+
+def test_a_node_that_never_writes_does_not_upload_its_stale_copy(tmp_path: Path) -> None:
+    """Two nodes COPY one bucket; rank 0 checkpoints, rank 1 only read it at start."""
+    from skyjobs.node.buckets import MountedBucket
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    (bucket / "state.json").write_text('{"step": 10}')
+    rank0 = MountedBucket(tmp_path / "n0", bucket, "COPY")
+    rank1 = MountedBucket(tmp_path / "n1", bucket, "COPY")
+    rank0.prepare()
+    rank1.prepare()
+    (tmp_path / "n0" / "state.json").write_text('{"step": 49}')
+    assert rank0.upload() == 1
+    assert rank1.upload() == 0  # periodic and exit uploads of the node that never wrote
+    assert (bucket / "state.json").read_text() == '{"step": 49}'
+    (tmp_path / "n1" / "own.txt").write_text("rank 1's own file")
+    assert rank1.upload() == 1 and (bucket / "own.txt").exists()
