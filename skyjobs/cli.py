@@ -319,6 +319,33 @@ def webhooks_test(obj: Ctx, name: str) -> None:
     sys.exit(1)
 
 
+@main.command("db")
+@click.argument("table_name", metavar="TABLE", required=False)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100_000),
+              help="Rows of TABLE to show, newest first.")
+@pass_ctx
+def db_command(obj: Ctx, table_name: str | None, limit: int) -> None:
+    """Look inside the state directory's store (read-only; task secrets redacted).
+
+    Without TABLE: every table with its row count. With TABLE: its newest rows as JSON
+    lines. Safe while the controller runs.
+    """
+    from skyjobs.config import ControllerConfig
+    from skyjobs.controller import store as st
+
+    path = ControllerConfig.model_construct(state_dir=obj.state_dir).db_path
+    db = st.open_readonly(path)
+    try:
+        if table_name is None:
+            counts = st.table_counts(db)
+            click.echo(table([[name, str(n)] for name, n in counts.items()], ["TABLE", "ROWS"]))
+            return
+        for row in st.table_rows(db, table_name, limit):
+            click.echo(json.dumps(row, default=str))
+    finally:
+        db.close()
+
+
 def _register_extra_commands() -> None:
     from skyjobs.demo import demo
     from skyjobs.simulate_cli import simulate

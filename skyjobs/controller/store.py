@@ -214,8 +214,7 @@ class Attempt:
     ondemand_price: float | None  # what the same node-hours cost on-demand, for the saving
 
     def node_hours(self, until: float) -> float:
-        end = self.ended_at if self.ended_at is not None else until
-        return max(0.0, min(end, until) - self.created_at) / 3600.0 * self.num_nodes
+        return node_hours(self.created_at, self.ended_at, self.num_nodes, until)
 
     def cost(self, until: float) -> float:
         """Paid from launch to end (or ``until``): clouds bill from the launch request."""
@@ -227,6 +226,15 @@ class Attempt:
     def placement_label(self) -> str:
         kind = "spot" if self.use_spot else "on-demand"
         return f"{self.cloud}/{self.zone}/{self.instance_type}/{kind}"
+
+
+def node_hours(created_at: float, ended_at: float | None, num_nodes: int,
+               until: float) -> float:
+    """Node-hours billed from launch to end (or ``until``): clouds bill from the launch
+    request. The one cost formula: Python callers and the store's SQL (as the SQL function
+    ``node_hours``) both use it."""
+    end = ended_at if ended_at is not None else until
+    return max(0.0, min(end, until) - created_at) / 3600.0 * num_nodes
 
 
 @dataclass(frozen=True)
@@ -267,11 +275,11 @@ class SyncStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
+        self.conn.create_function("node_hours", 4, node_hours, deterministic=True)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA busy_timeout=5000")
-        self.db = sqlite_utils.Database(self.conn)
         self._migrate()
 
     def close(self) -> None:
@@ -375,10 +383,10 @@ class SyncStore:
                         (job_id,)).fetchone()
         name = payloads.event_name(frm, to, job["recovery_count"])
         cost, on_demand = c.execute(
-            "SELECT COALESCE(SUM((COALESCE(ended_at, ?) - created_at) / 3600.0 * num_nodes"
-            " * price_per_hour), 0), COALESCE(SUM((COALESCE(ended_at, ?) - created_at) / 3600.0"
-            " * num_nodes * COALESCE(ondemand_price, price_per_hour)), 0) FROM attempts"
-            " WHERE job_id=?", (at, at, job_id)).fetchone()
+            "SELECT COALESCE(SUM(h * price_per_hour), 0),"
+            " COALESCE(SUM(h * COALESCE(ondemand_price, price_per_hour)), 0) FROM"
+            " (SELECT node_hours(created_at, ended_at, num_nodes, ?) AS h, price_per_hour,"
+            " ondemand_price FROM attempts WHERE job_id=?)", (at, job_id)).fetchone()
         if placement is None:
             row = c.execute("SELECT cloud, zone, instance_type, use_spot, n FROM attempts"
                             " WHERE job_id=? ORDER BY n DESC LIMIT 1", (job_id,)).fetchone()
@@ -423,11 +431,10 @@ class SyncStore:
     def usage_by_offering(self, now: float) -> list[dict[str, Any]]:
         """Node-hours and cost of every attempt ever, summed per offering (for metrics)."""
         rows = self.conn.execute(
-            "SELECT cloud, zone, instance_type, use_spot,"
-            " SUM(MAX(0, COALESCE(ended_at, ?) - created_at) / 3600.0 * num_nodes) AS node_hours,"
-            " SUM(MAX(0, COALESCE(ended_at, ?) - created_at) / 3600.0 * num_nodes"
-            " * price_per_hour) AS cost FROM attempts"
-            " GROUP BY cloud, zone, instance_type, use_spot", (now, now)).fetchall()
+            "SELECT cloud, zone, instance_type, use_spot, SUM(h) AS node_hours,"
+            " SUM(h * price_per_hour) AS cost FROM (SELECT cloud, zone, instance_type,"
+            " use_spot, price_per_hour, node_hours(created_at, ended_at, num_nodes, ?) AS h"
+            " FROM attempts) GROUP BY cloud, zone, instance_type, use_spot", (now,)).fetchall()
         return [dict(r) for r in rows]
 
     def outbox_stats(self) -> dict[str, int]:
@@ -747,6 +754,45 @@ class SyncStore:
         rows = self.conn.execute("SELECT * FROM zone_events WHERE at>=? ORDER BY id",
                                  (since,)).fetchall()
         return [dict(r) for r in rows]
+
+
+# --- inspection (skyjobs db): read-only, through sqlite-utils ---------------------------------
+#
+# sqlite-utils is the tool for looking at a SQLite file (tables, counts, rows as dicts); the
+# controller's own reads and writes stay plain SQL above, which is also what the PostgreSQL
+# store will share with this one.
+
+SECRET_MARK = "<redacted>"
+
+
+def open_readonly(path: Path) -> sqlite_utils.Database:
+    """The store's file, read-only: safe next to a running controller (WAL readers never
+    block its writer)."""
+    if not path.exists():
+        raise NotFoundError(f"{path} does not exist (no controller has used this state dir)")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    return sqlite_utils.Database(conn)
+
+
+def table_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    return {name: db.table(name).count for name in db.table_names()}
+
+
+def table_rows(db: sqlite_utils.Database, table: str, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` rows of a table, task secrets redacted."""
+    if table not in db.table_names():
+        raise NotFoundError(f"no table {table!r} (tables: {', '.join(db.table_names())})")
+    rows = list(db.table(table).rows_where(order_by="rowid DESC", limit=limit))
+    if table == "jobs":
+        for row in rows:
+            row["task_json"] = json.dumps(_redact(json.loads(row["task_json"])))
+    return rows
+
+
+def _redact(task: dict[str, Any]) -> dict[str, Any]:
+    spec = task.get("spec") or {}
+    secrets = spec.get("secrets") or {}
+    return {**task, "spec": {**spec, "secrets": {k: SECRET_MARK for k in secrets}}}
 
 
 class Store:

@@ -53,6 +53,21 @@ def test_submit_autostarts_a_controller_and_follow_streams_to_success(state: Pat
     assert "RUNNING -> SUCCEEDED" in ev
     st = cli(state, "status", "1")
     assert "SUCCEEDED" in st.stdout and "saving" in st.stdout
+    # The store, read-only through `skyjobs db`, next to the running controller.
+    tables = dict(line.split() for line in cli(state, "db").stdout.splitlines()[1:])
+    assert tables["jobs"] == "1" and int(tables["events"]) >= 4
+    rows = [json.loads(line) for line in cli(state, "db", "jobs").stdout.splitlines()]
+    assert [r["status"] for r in rows] == ["SUCCEEDED"]
+    missing = cli(state, "db", "nope")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: no table 'nope'")
+
+
+def test_db_never_shows_secrets(state: Path, tmp_path: Path) -> None:
+    task = tmp_path / "s.yaml"
+    task.write_text("resources: {cloud: local, cpus: 2}\nsecrets: {TOKEN: null}\nrun: 'true'\n")
+    assert cli(state, "submit", str(task), "--env", "TOKEN=hunter2").returncode == 0
+    dump = cli(state, "db", "jobs")
+    assert dump.returncode == 0 and "TOKEN" in dump.stdout and "hunter2" not in dump.stdout
 
 
 def test_bad_yaml_is_one_line_nonzero_and_stores_nothing(state: Path, tmp_path: Path) -> None:
