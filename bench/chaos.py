@@ -210,6 +210,17 @@ def instance_states(state_dir: Path) -> dict[str, dict[str, Any]]:
     return {p.name: read_json(p / "instance.json") or {} for p in sorted(root.iterdir())}
 
 
+def noticed_attempts(state_dir: Path) -> set[tuple[int, int]]:
+    """(job, attempt n) of every instance that got a simulated preemption notice; ids are
+    PREFIX-JOB-ATTEMPT-RANK."""
+    out = set()
+    for name, state in instance_states(state_dir).items():
+        parts = name.rsplit("-", 3)
+        if state.get("notice_at") is not None and len(parts) == 4:
+            out.add((int(parts[1]), int(parts[2])))
+    return out
+
+
 def running_instances(state_dir: Path) -> list[str]:
     """Instances whose processes are really alive, whatever the files say."""
     alive = []
@@ -753,6 +764,9 @@ def analyze(chaos: Chaos, jobs: dict[int, dict[str, Any]], leaked: list[str],
     audit = load_audit(chaos.audit)
     log = chaos.log
     preempted = {(p.job, p.attempt) for p in log.preemptions}
+    # The simulated cloud's own record wins over the bench's: a preempt request whose reply
+    # was lost (the controller died right after sending the notice) still preempted.
+    preempted |= noticed_attempts(chaos.state_dir)
     sync_s = float(CHAOS_ENV["SKYJOBS_COPY_SYNC_INTERVAL"])
     lost = [f"job {j} ({d['name']}): {d['status']} ({d.get('reason')})"
             for j, d in sorted(jobs.items()) if d["status"] != "SUCCEEDED"]
