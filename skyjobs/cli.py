@@ -20,7 +20,7 @@ from skyjobs.client import Client, connect
 from skyjobs.config import default_state_dir
 from skyjobs.exceptions import ControllerUnavailableError, SkyjobsError
 from skyjobs.render import event_line, fmt_duration, fmt_time, table
-from skyjobs.spec import load_task_document
+from skyjobs.spec import load_task_document, parse_task
 from skyjobs.states import TERMINAL
 from skyjobs.submission import build_archive, raw_task
 
@@ -35,6 +35,7 @@ class Ctx:
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
+RECENT_S = 24 * 3600.0  # queue shows ended jobs this recent unless --all
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,37 +82,112 @@ def agent() -> None:
 
 # --- jobs --------------------------------------------------------------------------------
 
-def _parse_envs(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+def _parse_envs(pairs: tuple[str, ...], env_file: Path | None = None,
+                flag: str = "--env") -> dict[str, str]:
+    """``KEY=VALUE``, or ``KEY`` alone to take the value from this shell's environment (as
+    ``sky launch --env WANDB_API_KEY``); an env file's values come first."""
+    out: dict[str, str] = {}
+    if env_file is not None:
+        from dotenv import dotenv_values
+
+        try:
+            loaded = dotenv_values(env_file)
+        except (OSError, UnicodeDecodeError) as err:
+            raise click.BadParameter(f"cannot read {env_file}: {err}",
+                                     param_hint="--env-file") from None
+        out.update({k: v if v is not None else "" for k, v in loaded.items()})
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        if not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE or KEY", param_hint=flag)
+        if not sep:
+            if key not in os.environ:
+                raise click.BadParameter(f"{key} is not set in this environment (give "
+                                         f"{key}=VALUE)", param_hint=flag)
+            value = os.environ[key]
         out[key] = value
     return out
 
 
+def _apply_overrides(document: Any, secrets: dict[str, str], gpus: str | None,
+                     cloud: str | None, use_spot: bool | None) -> Any:
+    """Command-line overrides of the task document, as ``sky jobs launch`` applies them:
+    to the task's resources and to each of its any_of/ordered alternatives."""
+    if not isinstance(document, dict):
+        return document
+    if secrets:
+        document["secrets"] = {**(document.get("secrets") or {}), **secrets}
+    wanted = {k: v for k, v in (("accelerators", gpus), ("cloud", cloud),
+                                ("use_spot", use_spot)) if v is not None}
+    if not wanted:
+        return document
+    resources = document.setdefault("resources", {}) or {}
+    document["resources"] = resources
+    if isinstance(resources, dict):
+        if "accelerators" in wanted:
+            resources.pop("gpus", None)
+        resources.update(wanted)
+        for key in ("any_of", "ordered"):
+            for choice in resources.get(key) or []:
+                if isinstance(choice, dict):
+                    for field in wanted:
+                        choice.pop(field, None)
+                    if "accelerators" in wanted:
+                        choice.pop("gpus", None)
+    return document
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--name", default=None, help="Job name (default: the task's name).")
-@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE",
-              help="Set or override an env or secret of the task (repeatable).")
+@click.option("--name", "-n", default=None, help="Job name (default: the task's name).")
+@click.option("--env", "envs", multiple=True, metavar="KEY[=VALUE]",
+              help="Set or override an env of the task; KEY alone takes this shell's value "
+                   "(repeatable).")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Envs from a dotenv file (--env wins).")
+@click.option("--secret", "secrets", multiple=True, metavar="KEY[=VALUE]",
+              help="Set a secret (never shown by queue, status, events or logs); KEY alone "
+                   "takes this shell's value (repeatable).")
+@click.option("--gpus", default=None, metavar="NAME[:COUNT]",
+              help="Override the task's accelerators, e.g. H100:8.")
+@click.option("--cloud", default=None, help="Override the task's cloud.")
+@click.option("--use-spot/--no-use-spot", default=None, help="Override spot or on-demand.")
+@click.option("--num-jobs", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Submit a job array: N jobs of this task, SKYPILOT_JOB_RANK 0..N-1.")
 @click.option("--follow", is_flag=True, help="Stream logs until the job ends; exit 0 only "
                                              "if it SUCCEEDED.")
+@click.option("--detach", "-d", is_flag=True,
+              help="Return once submitted (the default; the opposite of --follow).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (skyjobs never asks to submit).")
 @pass_ctx
-def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow: bool) -> None:
-    """Submit a task YAML; prints the job id.
+def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...],
+           env_file: Path | None, secrets: tuple[str, ...], gpus: str | None,
+           cloud: str | None, use_spot: bool | None, num_jobs: int, follow: bool,
+           detach: bool, yes: bool) -> None:
+    """Submit a task YAML; prints the job id (the first id of a job array).
 
     With no controller configured or reachable, starts a local one in the background.
     """
-    overrides = _parse_envs(envs)
+    if follow and detach:
+        raise click.UsageError("--follow and --detach are opposites")
+    if follow and num_jobs > 1:
+        raise click.UsageError("--follow streams one job; follow an array's jobs one by one")
+    overrides = _parse_envs(envs, env_file)
+    secret_values = _parse_envs(secrets, flag="--secret")
     spec, document = load_task_document(file)
+    document = _apply_overrides(document, secret_values, gpus, cloud, use_spot)
+    if secret_values or gpus or cloud or use_spot is not None:
+        spec = parse_task(document, source=str(file), base_dir=file.parent)
     spec.with_env_overrides(overrides)  # the controller checks again; fail before autostart
     archive = build_archive(spec)
     client = obj.client(autostart=True)
     reply = client.post("/api/v1/jobs", {
         "task": raw_task(document), "source": str(file), "name": name, "envs": overrides,
-        "archive": archive})
+        "archive": archive, "num_jobs": num_jobs})
+    if num_jobs > 1:
+        click.echo(" ".join(str(i) for i in reply["ids"]))
+        click.echo(f"job array {reply['array_id']}: {num_jobs} jobs", err=True)
+        return
     click.echo(reply["id"])
     if follow:
         _follow_logs(client, int(reply["id"]), None)
@@ -122,14 +198,25 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...], follow
 
 
 @main.command()
-@click.option("--status", "statuses", default=None, help="Comma-separated states to show.")
+@click.option("--status", "-s", "statuses", default=None,
+              help="Comma-separated states to show.")
+@click.option("--name", "-n", default=None, help="Only jobs of this name.")
+@click.option("--array", type=click.IntRange(1), default=None, help="Only this job array.")
+@click.option("--all", "-a", "all_", is_flag=True,
+              help="Also ended jobs (default: unfinished jobs and the last day's ended ones).")
 @click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def queue(obj: Ctx, statuses: str | None, limit: int, offset: int, as_json: bool) -> None:
+def queue(obj: Ctx, statuses: str | None, name: str | None, array: int | None, all_: bool,
+          limit: int, offset: int, as_json: bool) -> None:
     """List jobs, newest first."""
-    reply = obj.client().get("/api/v1/jobs", status=statuses or "", limit=limit, offset=offset)
+    reply = obj.client().get("/api/v1/jobs", status=statuses or "", limit=limit, offset=offset,
+                             name=name or "", array=array or "")
+    if not all_ and not statuses:
+        since = time.time() - RECENT_S
+        reply["jobs"] = [j for j in reply["jobs"] if j["status"] not in TERMINAL
+                         or (j["ended_at"] or 0) >= since]
     if as_json:
         click.echo(json.dumps(reply["jobs"], indent=2))
         return
@@ -208,7 +295,8 @@ def _follow_logs(client: Client, job_id: int, attempt: int | None, follow: bool 
 
 @main.command()
 @click.argument("job_id", type=int)
-@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
+@click.option("--follow/--no-follow", "-f", default=True, show_default=True,
+              help="Keep streaming until the job ends.")
 @click.option("--attempt", type=click.IntRange(1), default=None,
               help="Only this attempt (default: every attempt in order).")
 @click.option("--node", type=click.IntRange(0), default=0, show_default=True,
@@ -221,13 +309,21 @@ def logs(obj: Ctx, job_id: int, follow: bool, attempt: int | None, node: int) ->
 
 @main.command()
 @click.argument("job_ids", type=int, nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Cancel every unfinished job.")
+@click.option("--all", "-a", "all_", is_flag=True, help="Cancel every unfinished job.")
+@click.option("--name", "-n", default=None, help="Cancel the unfinished jobs of this name.")
+@click.option("--array", type=click.IntRange(1), default=None,
+              help="Cancel the unfinished jobs of this job array.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (skyjobs never asks to cancel).")
 @pass_ctx
-def cancel(obj: Ctx, job_ids: tuple[int, ...], all_: bool) -> None:
+def cancel(obj: Ctx, job_ids: tuple[int, ...], all_: bool, name: str | None,
+           array: int | None, yes: bool) -> None:
     """Cancel jobs; their instances are terminated, also mid-recovery."""
-    if bool(job_ids) == all_:
-        raise click.UsageError("give job ids or --all (not both)")
-    body: dict[str, Any] = {"all": True} if all_ else {"ids": list(job_ids)}
+    chosen = [bool(job_ids), all_, name is not None, array is not None]
+    if sum(chosen) != 1:
+        raise click.UsageError("give job ids, --name, --array or --all (one of them)")
+    body: dict[str, Any] = ({"all": True} if all_ else {"name": name} if name is not None
+                            else {"array": array} if array is not None
+                            else {"ids": list(job_ids)})
     reply = obj.client().post("/api/v1/cancel", body)
     for job_id in reply["cancelled"]:
         click.echo(f"cancelling job {job_id}")
@@ -355,6 +451,38 @@ def _register_extra_commands() -> None:
 
 
 _register_extra_commands()
+
+
+def _late_globals(command: click.Command) -> None:
+    """``--state-dir`` and ``--controller`` also after the subcommand (``skyjobs queue
+    --state-dir X``), as sky users type them; they override the ones before it."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _late_globals(sub)
+        return
+
+    def setter(attr: str) -> Any:
+        def set_value(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+            if value is not None:
+                obj = ctx.find_object(Ctx)
+                if obj is not None:
+                    setattr(obj, attr, value.expanduser().resolve()
+                            if isinstance(value, Path) else value)
+            return value
+        return set_value
+
+    command.params += [
+        click.Option(["--state-dir"], type=click.Path(file_okay=False, path_type=Path),
+                     default=None, expose_value=False, callback=setter("state_dir"),
+                     is_eager=True, help="As the global option (either place works)."),
+        click.Option(["--controller"], default=None, metavar="URL", expose_value=False,
+                     callback=setter("controller"), is_eager=True,
+                     help="As the global option (either place works)."),
+    ]
+
+
+for _command in main.commands.values():
+    _late_globals(_command)
 
 
 def run() -> None:

@@ -48,6 +48,7 @@ log = structlog.get_logger("skyjobs.api")
 MAX_ARCHIVE_BYTES = 100 * 1024 * 1024
 MAX_LOG_CHUNK = 1 << 20
 MAX_CANCEL_IDS = 10_000
+MAX_ARRAY_JOBS = 1000
 # Every integer from a request fits SQLite's signed 64-bit integer and a file offset.
 INT64_MAX = 2**63 - 1
 EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)
@@ -188,15 +189,24 @@ async def submit(request: web.Request) -> web.Response:
     name = _text(body.get("name"), "name", spec.name or Path(source).stem or "job")
     if len(name) > MAX_NAME_CHARS:
         raise BadRequest(f"name must be at most {MAX_NAME_CHARS} characters")
+    num_jobs = body.get("num_jobs", 1)
+    if isinstance(num_jobs, bool) or not isinstance(num_jobs, int) \
+            or not 1 <= num_jobs <= MAX_ARRAY_JOBS:
+        raise BadRequest(f"num_jobs must be a whole number from 1 to {MAX_ARRAY_JOBS}")
     stored = spec.stored()  # exactly what the runner will validate again
     await _check_buckets(ctl, spec, source)
     archive = await _save_archive(ctl, body.get("archive"))
     task = {"spec": stored, "archive": archive, "local_mounts": list(spec.local_mounts())}
-    job_id = await _db(ctl, ctl.store.sync.create_job, name, task, archive is not None, "sky")
+    ids = await _db(ctl, ctl.store.sync.create_jobs, name, task, archive is not None, "sky",
+                    num_jobs)
     ctl.wake_webhooks()
-    ctl.runners.start(job_id)
-    log.info("job submitted", job_id=job_id, name=name)
-    return web.json_response({"id": job_id, "name": name, "status": st.PENDING}, status=201)
+    for job_id in ids:
+        ctl.runners.start(job_id)
+    log.info("job submitted", job_id=ids[0], name=name, num_jobs=num_jobs)
+    reply: dict[str, Any] = {"id": ids[0], "name": name, "status": st.PENDING}
+    if num_jobs > 1:
+        reply.update(ids=ids, array_id=ids[0])
+    return web.json_response(reply, status=201)
 
 
 async def _check_buckets(ctl: Services, spec: TaskSpec, source: str) -> None:
@@ -262,7 +272,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     name = q.get("name") or None
     if name is not None and len(name) > 4096:
         raise BadRequest("name is too long")
-    jobs = await _db(ctl, ctl.store.sync.list_jobs, statuses or None, limit, offset, name)
+    array = _int(q.get("array"), "array", 0, lo=0) or None
+    jobs = await _db(ctl, ctl.store.sync.list_jobs, statuses or None, limit, offset, name,
+                     array)
     attempts = await _db(ctl, ctl.store.sync.attempts_for_jobs, [j.id for j in jobs])
     now = time.time()
     rows = [views.job_summary(ctl, j, attempts[j.id], now) for j in jobs]
@@ -337,18 +349,28 @@ async def cancel(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     body = await _json(request)
     all_, ids = body.get("all", False), body.get("ids")
+    name, array = body.get("name"), body.get("array")
     if not isinstance(all_, bool):
         raise BadRequest("all must be true or false")
-    if all_ and ids is not None:
-        raise BadRequest("give ids or all: true, not both")
-    if not all_:
+    if sum((all_, ids is not None, name is not None, array is not None)) != 1:
+        raise BadRequest("give exactly one of ids, name, array or all: true")
+    if name is not None or array is not None:
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 4096):
+            raise BadRequest("name must be a job name")
+        if array is not None and (isinstance(array, bool) or not isinstance(array, int)
+                                  or not 0 < array <= INT64_MAX):
+            raise BadRequest("array must be a job array's id")
+        live = await _db(ctl, ctl.store.sync.list_jobs, sorted(st.LIVE), MAX_CANCEL_IDS, 0,
+                         name, array)
+        targets = [j.id for j in live]
+    elif not all_:
         # Every id is checked before any job is touched: a rejected request changes nothing.
         if not isinstance(ids, list) or not 0 < len(ids) <= MAX_CANCEL_IDS or not all(
                 isinstance(i, int) and not isinstance(i, bool) and 0 < i <= INT64_MAX
                 for i in ids):
             raise BadRequest(f"ids must be a list of 1 to {MAX_CANCEL_IDS} job ids "
                              "(or all: true)")
-        targets: list[int] = list(dict.fromkeys(ids))
+        targets = list(dict.fromkeys(ids))
     else:
         targets = await _db(ctl, ctl.store.sync.live_job_ids)
     done, skipped = [], []

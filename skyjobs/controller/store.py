@@ -166,6 +166,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN launch_rounds INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN array_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN array_rank INTEGER;
+    CREATE INDEX jobs_array ON jobs(array_id);
+    """,
 ]
 
 
@@ -187,6 +192,8 @@ class Job:
     reason: str | None
     has_archive: bool
     launch_rounds: int  # rounds in a row in which no candidate had capacity
+    array_id: int | None  # a job array (submit --num-jobs): the id of its first job
+    array_rank: int | None  # this job's SKYPILOT_JOB_RANK in the array
 
 
 @dataclass(frozen=True)
@@ -318,17 +325,28 @@ class SyncStore:
 
     def create_job(self, name: str, task: dict[str, Any], has_archive: bool,
                    task_id_prefix: str) -> int:
+        return self.create_jobs(name, task, has_archive, task_id_prefix, 1)[0]
+
+    def create_jobs(self, name: str, task: dict[str, Any], has_archive: bool,
+                    task_id_prefix: str, count: int) -> list[int]:
+        """One job, or a job array of ``count`` (ranks 0..count-1, all or none stored)."""
         now = time.time()
+        ids: list[int] = []
         with self._tx() as c:
-            cur = c.execute(
-                "INSERT INTO jobs(name, status, task_json, task_id, submitted_at, updated_at,"
-                " has_archive) VALUES (?, ?, ?, '', ?, ?, ?)",
-                (name, PENDING, json.dumps(task), now, now, int(has_archive)))
-            job_id = int(cur.lastrowid or 0)
-            c.execute("UPDATE jobs SET task_id=? WHERE id=?",
-                      (f"{task_id_prefix}-{job_id}", job_id))
-            self._event(c, job_id, "transition", None, PENDING, "submitted", now=now)
-        return job_id
+            for rank in range(count):
+                cur = c.execute(
+                    "INSERT INTO jobs(name, status, task_json, task_id, submitted_at,"
+                    " updated_at, has_archive) VALUES (?, ?, ?, '', ?, ?, ?)",
+                    (name, PENDING, json.dumps(task), now, now, int(has_archive)))
+                job_id = int(cur.lastrowid or 0)
+                ids.append(job_id)
+                array = (ids[0], rank) if count > 1 else (None, None)
+                c.execute("UPDATE jobs SET task_id=?, array_id=?, array_rank=? WHERE id=?",
+                          (f"{task_id_prefix}-{job_id}", *array, job_id))
+                reason = f"submitted (array {ids[0]}, rank {rank})" if count > 1 \
+                    else "submitted"
+                self._event(c, job_id, "transition", None, PENDING, reason, now=now)
+        return ids
 
     def get_job(self, job_id: int) -> Job:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -337,8 +355,12 @@ class SyncStore:
         return _job(row)
 
     def list_jobs(self, statuses: list[str] | None = None, limit: int = 1000, offset: int = 0,
-                  name: str | None = None) -> list[Job]:
-        where, args = [], []
+                  name: str | None = None, array_id: int | None = None) -> list[Job]:
+        where: list[str] = []
+        args: list[Any] = []
+        if array_id is not None:
+            where.append("array_id = ?")
+            args.append(array_id)
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args.extend(statuses)

@@ -42,6 +42,7 @@ def job_summary(ctl: Services, job: st.Job, attempts: list[st.Attempt],
         "cost": round(cost, 6), "on_demand_cost": round(on_demand, 6),
         "saving": round(on_demand - cost, 6),
         "exit_code": job.exit_code, "reason": job.reason,
+        "array_id": job.array_id, "array_rank": job.array_rank,
     }
 
 
@@ -98,6 +99,7 @@ def agent_task(ctl: Services, job: st.Job, attempt: st.Attempt,
                for target, m in spec["file_mounts"].items() if isinstance(m, dict)]
     return {
         "job_id": job.id, "attempt": attempt.n, "task_id": job.task_id,
+        "job_rank": job.array_rank or 0, "array_id": job.array_id,
         "recovery_count": job.recovery_count, "num_nodes": attempt.num_nodes,
         "node_ips": [(infos.get(i) or base.InstanceInfo(i, base.PENDING)).ip or ""
                      for i in attempt.instance_ids],

@@ -204,7 +204,11 @@ class Agent:
             "SKYJOBS_JOB_ID": str(t["job_id"]),
             "SKYJOBS_ATTEMPT": str(t["attempt"]),
             "SKYJOBS_RECOVERY_COUNT": str(t["recovery_count"]),
+            # Job arrays (submit --num-jobs): this job's rank, as SkyPilot pools name it.
+            "SKYPILOT_JOB_RANK": str(t.get("job_rank", 0)),
         })
+        if t.get("array_id") is not None:
+            env["SKYJOBS_ARRAY_ID"] = str(t["array_id"])
         if self.fs_root is not None:
             env["SKYJOBS_FS_ROOT"] = str(self.fs_root)
         env.update(t.get("envs", {}))

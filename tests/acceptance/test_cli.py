@@ -101,9 +101,9 @@ def test_no_controller_is_a_clear_error(state: Path, args: list[str]) -> None:
 
 def test_usage_errors_are_clean(state: Path) -> None:
     r = cli(state, "cancel")
-    assert r.returncode == 2 and "give job ids or --all" in r.stderr
-    r = cli(state, "submit", "x.yaml", "--env", "novalue")
-    assert r.returncode == 2 and "is not KEY=VALUE" in r.stderr
+    assert r.returncode == 2 and "give job ids, --name, --array or --all" in r.stderr
+    r = cli(state, "submit", "x.yaml", "--env", "=novalue")
+    assert r.returncode == 2 and "is not KEY=VALUE or KEY" in r.stderr
     r = cli(state, "preempt", "1", "--notice", "-5")
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
