@@ -72,10 +72,11 @@ def test_db_never_shows_secrets(state: Path, tmp_path: Path) -> None:
 
 def test_bad_yaml_is_one_line_nonzero_and_stores_nothing(state: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("resources:\n  gpus: 1\nrun: x\n")
+    bad.write_text("resources:\n  gpuz: 1\nrun: x\n")
     r = cli(state, "submit", str(bad))
     assert r.returncode == 1
-    assert r.stderr.strip() == f"error: {bad}: resources.gpus: is not a supported key"
+    assert r.stderr.strip() == (f"error: {bad}: resources.gpuz: is not a supported key; "
+                                "did you mean gpus?")
     assert "Traceback" not in r.stderr
     assert not (state / "skyjobs.db").exists()  # rejected before any controller was needed
 

@@ -66,7 +66,8 @@ def test_json_round_trip_is_lossless(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("resources: {gpus: 1}", "resources.gpus: is not a supported key"),
+    ("resources: {gpuz: 1}", "resources.gpuz: is not a supported key; did you mean gpus?"),
+    ("resources: {gpus: 1}", "resources.gpus: 1 is not an accelerator like V100"),
     ("resources: {cpus: lots}", "resources.cpus: 'lots' is not a number"),
     ("num_nodes: 0", "num_nodes: Input should be greater than or equal to 1"),
     ("run: [a]", "run: must be a shell script"),

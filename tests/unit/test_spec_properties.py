@@ -24,7 +24,9 @@ scalars = (hs.builds(_huge) | hs.none() | hs.booleans() | hs.integers() | hs.flo
            | hs.sampled_from([-(10**30), 2**63, float("inf"), float("nan"), "",
                               "x\x00y", "\ud800", "V100:inf", "V100:1e9", "4+", "1e999",
                               "local", "local/local/local-a", "A100:8", "２", "٣",
-                              "DEADLINE_AWARE", "copy", "local://b/p", "s3://", "~/x", "/a"]))
+                              "DEADLINE_AWARE", "copy", "local://b/p", "s3://", "~/x", "/a",
+                              "auto", "500GB", "1TB", "8080", "1-65535", "65536", "ami-1",
+                              "docker:x", "best", "standard", "team", "H100:8"]))
 json_like = hs.recursive(
     scalars, lambda inner: hs.lists(inner, max_size=4)
     | hs.dictionaries(hs.text(max_size=8) | hs.integers() | hs.none(), inner, max_size=4),
@@ -37,7 +39,18 @@ VALID: dict[str, Any] = {
     "resources": {"cloud": "local", "cpus": "4+", "memory": 16, "use_spot": True,
                   "accelerators": {"V100": 1}, "ordered": [{"zone": "local-b"}],
                   "job_recovery": {"strategy": "FAILOVER", "max_restarts_on_errors": 2,
-                                   "recover_on_exit_codes": [33]}},
+                                   "recover_on_exit_codes": [33], "max_duration_hours": 72},
+                  "disk_size": "500GB", "disk_tier": "high", "ports": [8080, "10000-10010"],
+                  "labels": {"team": "ml", "run": "7"}, "image_id": {"local": "img-1"},
+                  "accelerator_args": {"tpu_vm": True}, "autostop": 10,
+                  "network_tier": "standard"},
+}
+# The SkyPilot spellings skyjobs reads as its own (gpus, spot_recovery) and ignores (config).
+VALID_SKYPILOT: dict[str, Any] = {
+    "run": "python train.py", "config": {"kubernetes": {"pod_config": {}}},
+    "resources": {"gpus": "H100:8", "spot_recovery": "auto", "use_spot": True,
+                  "any_of": [{"cloud": "aws", "image_id": "ami-1"},
+                             {"cloud": "gcp", "ports": 22, "autostop": False}]},
 }
 
 
@@ -54,7 +67,7 @@ def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 @hs.composite
 def mutated_tasks(draw: hs.DrawFn) -> Any:
-    doc = json.loads(json.dumps(VALID))
+    doc = json.loads(json.dumps(draw(hs.sampled_from([VALID, VALID_SKYPILOT]))))
     for _ in range(draw(hs.integers(1, 4))):
         path = draw(hs.sampled_from(_paths(doc)[1:]))
         parent = doc
@@ -64,7 +77,10 @@ def mutated_tasks(draw: hs.DrawFn) -> Any:
         if action == "delete" and isinstance(parent, dict):
             del parent[path[-1]]
         elif action == "add" and isinstance(parent, dict):
-            parent[draw(hs.text(max_size=6) | hs.sampled_from(["zone", "gpus", "A=B"]))] = \
+            parent[draw(hs.text(max_size=6) | hs.sampled_from(
+                ["zone", "gpus", "A=B", "accelerators", "job_recovery", "spot_recovery",
+                 "config", "volumes", "autostop", "_warnings", "image_id", "labels", "ports",
+                 "disk_size", "kubernetes", "max_duration_hours", "network_tier"]))] = \
                 draw(json_like)
         else:
             parent[path[-1]] = draw(json_like)
@@ -141,3 +157,8 @@ def test_any_yaml_text_is_a_spec_or_a_spec_error(text: str,
         assert str(err).startswith("t.yaml: ") and "\n" not in str(err)
         return
     _check(data)
+
+
+def test_the_seed_documents_are_valid() -> None:
+    for doc in (VALID, VALID_SKYPILOT):
+        _accepted_round_trips(parse_task(doc, source="t.yaml"))
