@@ -43,7 +43,7 @@ from skyjobs.exceptions import ConfigError
 from skyjobs.fsutil import atomic_write, private_dir, private_umask
 from skyjobs.pricing.catalog import Catalog
 from skyjobs.pricing.prices import PriceBook
-from skyjobs.providers.base import Provider
+from skyjobs.providers.base import NeedsPreparation, Provider, ability
 from skyjobs.providers.local import LocalProvider
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.states import MessageKind
@@ -142,6 +142,7 @@ class Controller:
         cid = await store.call(store.sync.get_or_set_meta, "controller_id",
                                secrets.token_hex(8))
         self._make_providers()
+        await self._prepare_providers()
         memory, prices = await self._load_evidence(store)
         self._services = sv = self._wire(store, token, secret, f"sj{cid}", memory, prices)
         await self._serve_http(sv)
@@ -259,6 +260,14 @@ class Controller:
         for cloud, provider in list(self.providers.items()):
             if not isinstance(provider, InstrumentedProvider):
                 self.providers[cloud] = InstrumentedProvider(provider, self.metrics)
+
+    async def _prepare_providers(self) -> None:
+        """A cloud that cannot launch at all is refused now, with one line, not at every
+        job's launch hours later."""
+        for provider in self.providers.values():
+            ready = ability(provider, NeedsPreparation)
+            if ready is not None:
+                await ready.prepare()
 
     def _make_aws(self) -> Provider:
         try:

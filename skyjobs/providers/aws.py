@@ -10,6 +10,10 @@ Credentials come from the standard AWS chain (environment, profile, instance rol
 never read, logged or stored here. One client per region, created on first use and reused.
 ``SKYJOBS_AWS_ENDPOINT_URL`` (or botocore's own ``AWS_ENDPOINT_URL``) points every client
 at another endpoint: the tests use a moto server on 127.0.0.1.
+
+Images: ``SKYJOBS_AWS_IMAGE_ID`` when set, else a public SSM parameter's current AMI
+(``skyjobs/providers/aws_images.py``), resolved for every region by
+:meth:`AwsProvider.resolve_images` when the controller starts.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from skyjobs.checkpoint.buckets import parse_bucket
 from skyjobs.exceptions import FatalProviderError, ProviderError, SpecError
 from skyjobs.providers import aws_userdata, base
 from skyjobs.providers.aws_errors import from_client_error
+from skyjobs.providers.aws_images import DEFAULT_IMAGE_PARAMETER, DEFAULT_TTL, ImageResolver
 from skyjobs.providers.base import InstanceInfo, LaunchRequest
 
 TAG_INSTANCE = "skyjobs-instance"
@@ -86,6 +91,10 @@ class AwsConfig(BaseSettings):
     regions: Annotated[tuple[str, ...], NoDecode] = ()
     endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    # Without an image id: the public SSM parameter naming the current default AMI ("" for
+    # none), re-read after image_ssm_ttl seconds (0: never).
+    image_ssm_parameter: str = DEFAULT_IMAGE_PARAMETER
+    image_ssm_ttl: float = DEFAULT_TTL
 
     @field_validator("image_ids", "security_group_ids", "subnets", mode="before")
     @classmethod
@@ -110,12 +119,17 @@ class AwsConfig(BaseSettings):
         except (ValidationError, SettingsError) as err:
             raise FatalProviderError(f"SKYJOBS_AWS_* settings: {err}") from None
 
-    def image_for(self, region: str) -> str:
+    def explicit_image(self, region: str) -> str | None:
+        """The operator's image for this region (region-keyed, else global), if any."""
         images = self.image_ids.get(region) or self.image_ids.get("")
-        if not images:
+        return images[0] if images else None
+
+    def image_for(self, region: str) -> str:
+        image = self.explicit_image(region)
+        if not image:
             raise FatalProviderError(f"no AMI for {region}: set SKYJOBS_AWS_IMAGE_ID "
                                      f"(ami-... or {region}=ami-...,...)")
-        return images[0]
+        return image
 
     def groups_for(self, region: str) -> list[str]:
         return [*self.security_group_ids.get(region, []), *self.security_group_ids.get("", [])]
@@ -171,12 +185,16 @@ class AwsProvider:
         self._stack = AsyncExitStack()
         self._clients: dict[tuple[str, str], Any] = {}
         self._client_lock = asyncio.Lock()
+        self._launch_regions = set(regions)  # the catalog's: where jobs may launch
         self._regions = {*self.config.regions, *regions}
         self._where: dict[str, str] = {}  # our instance id -> region, learnt on the way
         self.calls: Counter[str] = Counter()  # API calls by operation, for metrics and bench
         self.call_hooks: list[Callable[[str, str], None]] = []  # (region, operation)
         self._boto_config = BotoConfig(retries={"mode": "standard", "max_attempts": 3},
                                        connect_timeout=5, read_timeout=30)
+        self.images = ImageResolver(self.config.explicit_image,
+                                    self.config.image_ssm_parameter, self._get_parameter,
+                                    ttl=self.config.image_ssm_ttl)
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -258,15 +276,37 @@ class AwsProvider:
                     located[ours] = (region, inst)
         return located
 
+    async def _get_parameter(self, region: str, name: str) -> Any:
+        return await self._call("ssm", region, "get_parameter", Name=name)
+
+    # --- images ----------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """At controller start: every region with offerings has an image (NeedsPreparation)."""
+        await self.resolve_images()
+
+    async def resolve_images(self, regions: Iterable[str] | None = None) -> dict[str, str]:
+        """Region -> AMI for every region jobs may launch in (default: the ``regions`` this
+        provider was made with), before the controller serves. A configured image costs no
+        call; the others read the SSM parameter once per region (in parallel) and cache it.
+        Raises ConfigError, one line naming each region without an image and why."""
+        wanted = set(self._launch_regions if regions is None else regions)
+        return await self.images.resolve(wanted)
+
+    async def image_for(self, region: str) -> str:
+        """The AMI a launch in ``region`` uses now (cached; see ``resolve_images``)."""
+        return await self.images.image_for(region)
+
     # --- Provider interface ----------------------------------------------------------------
 
     async def launch(self, req: LaunchRequest) -> list[InstanceInfo]:
         region = req.placement.region
         self._regions.add(region)
+        image = await self.images.image_for(region)  # before any EC2 call
         # A replay finds the first try's instances; ClientToken covers what describe's
         # eventual consistency may still hide.
         existing = await self._find(region, list(req.instance_ids))
-        jobs = [self._launch_one(req, rank, iid, env, existing.get(iid))
+        jobs = [self._launch_one(req, rank, iid, env, existing.get(iid), image)
                 for rank, (iid, env) in enumerate(zip(req.instance_ids, req.agent_env,
                                                       strict=True))]
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -276,13 +316,13 @@ class AwsProvider:
         return [r for r in results if isinstance(r, InstanceInfo)]
 
     async def _launch_one(self, req: LaunchRequest, rank: int, iid: str, env: dict[str, str],
-                          existing: Any) -> InstanceInfo:
+                          existing: Any, image: str) -> InstanceInfo:
         if existing is not None:
             return instance_info(iid, existing)
         region = req.placement.region
         try:
             reply = await self._call("ec2", region, "run_instances",
-                                     **self.run_params(req, rank, iid, env))
+                                     **self.run_params(req, rank, iid, env, image))
         except ProviderError as err:
             if not _is_code(err, "IdempotentParameterMismatch"):
                 raise
@@ -294,14 +334,15 @@ class AwsProvider:
         self._where[iid] = region
         return instance_info(iid, reply["Instances"][0])
 
-    def run_params(self, req: LaunchRequest, rank: int, iid: str,
-                   env: dict[str, str]) -> dict[str, Any]:
+    def run_params(self, req: LaunchRequest, rank: int, iid: str, env: dict[str, str],
+                   image: str | None = None) -> dict[str, Any]:
         p, cfg = req.placement, self.config
+        image = image or self.images.cached(p.region) or cfg.image_for(p.region)
         tags = {**req.tags, TAG_INSTANCE: iid, TAG_RANK: str(rank), "Name": iid,
                 "skyjobs-job": str(req.job_id), "skyjobs-attempt-id": str(req.attempt_id)}
         tag_list = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
         params: dict[str, Any] = {
-            "ImageId": cfg.image_for(p.region), "InstanceType": p.instance_type,
+            "ImageId": image, "InstanceType": p.instance_type,
             "MinCount": 1, "MaxCount": 1, "ClientToken": client_token(iid),
             "UserData": aws_userdata.render(env, cfg.package_spec, cfg.agent_user),
             "Placement": {"AvailabilityZone": p.zone},

@@ -89,6 +89,14 @@ class BucketChecker(Protocol):
 
 
 @runtime_checkable
+class NeedsPreparation(Protocol):
+    async def prepare(self) -> None:
+        """Checks and lookups the controller awaits at start, before any job runs (AWS:
+        the default image of every region); raise ConfigError with one line when this
+        cloud cannot launch at all."""
+
+
+@runtime_checkable
 class SimulatedMarket(Protocol):
     """A market under our control (the local provider): capacity and preemptions on
     request, for demos and tests. Real clouds preempt on their own."""

@@ -45,3 +45,21 @@ async def test_aws_from_env_and_bucket_check_at_submit(moto: Any, tmp_path: Path
         await ctl.store.call(ctl.store.sync.transition, body["id"], "CANCELLING", "test")
     finally:
         await ctl.shutdown()
+
+
+async def test_aws_without_any_image_is_refused_at_start_with_one_line(
+        moto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SKYJOBS_AWS_IMAGE_ID and no public SSM image (moto has none): the controller does
+    not start with aws enabled, rather than failing every job at launch."""
+    from skyjobs.exceptions import ConfigError
+
+    monkeypatch.delenv("SKYJOBS_AWS_IMAGE_ID", raising=False)
+    monkeypatch.setenv("SKYJOBS_AWS_ENDPOINT_URL", moto.url)
+    ctl = Controller(load_config(state_dir=tmp_path / "state", port=0, clouds="aws,local"))
+    with pytest.raises(ConfigError) as err:
+        await ctl.start()
+    await ctl.shutdown()
+    message = str(err.value)
+    assert message.startswith("clouds: aws: no image for ") and "\n" not in message
+    assert "SKYJOBS_AWS_IMAGE_ID" in message
+    assert not (tmp_path / "state" / "controller.json").exists()

@@ -73,6 +73,9 @@ def test_config_from_env_per_region_and_zone(monkeypatch: pytest.MonkeyPatch) ->
     assert cfg.image_for("us-west-2") == "ami-west"
     with pytest.raises(FatalProviderError, match="no AMI for eu-west-1"):
         cfg.image_for("eu-west-1")
+    assert cfg.explicit_image("us-east-1") == "ami-east"
+    assert cfg.explicit_image("eu-west-1") is None
+    assert cfg.image_ssm_parameter == aws.DEFAULT_IMAGE_PARAMETER
     assert cfg.groups_for("us-east-1") == ["sg-east", "sg-all"]
     assert cfg.groups_for("us-west-2") == ["sg-all"]
     assert cfg.subnet_for("us-east-1b") == "subnet-b"
@@ -110,3 +113,20 @@ def test_instance_states_map_to_controller_states(state: str, code: str,
     info = aws.instance_info("sjab12cd-1-1-0", inst)
     assert (info.state, info.reason) == expected
     assert info.ip == ("10.0.0.9" if state == "running" else None)
+
+
+def test_default_image_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU-ready image with python 3.11+ (skyjobs' floor), by AWS's public parameter.
+    assert aws.DEFAULT_IMAGE_PARAMETER == ("/aws/service/deeplearning/ami/x86_64/"
+                                           "base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id")
+    monkeypatch.setenv("SKYJOBS_AWS_IMAGE_ID", "ami-global,us-west-2=ami-west")
+    monkeypatch.setenv("SKYJOBS_AWS_IMAGE_SSM_PARAMETER", " /team/ami ")
+    monkeypatch.setenv("SKYJOBS_AWS_IMAGE_SSM_TTL", "600")
+    cfg = aws.AwsConfig.from_env()
+    assert cfg.explicit_image("us-west-2") == "ami-west"
+    assert cfg.explicit_image("eu-west-1") == "ami-global"
+    assert cfg.image_ssm_ttl == 600
+    assert aws.AwsProvider(cfg).images.parameter == "/team/ami"
+    monkeypatch.setenv("SKYJOBS_AWS_IMAGE_SSM_TTL", "soon")
+    with pytest.raises(FatalProviderError, match="image_ssm_ttl"):
+        aws.AwsConfig.from_env()
