@@ -80,6 +80,7 @@ class EndReason(StrEnum):
     MIGRATED = "migrated"  # left for a better placement
     SUPERSEDED = "superseded"  # the job ended on another attempt
     CANCELLED = "cancelled"
+    MAX_DURATION = "max_duration"  # ran longer than job_recovery.max_duration_hours
 
 
 # Only the cloud's own word makes a zone look risky.

@@ -291,6 +291,15 @@ class JobRunner:
         if await self._evaluate(snap, attempt):
             return
         waits = [3600.0, drain_wait]
+        cap = self._spec(job).resources.job_recovery.max_duration_hours
+        if cap is not None and job.status == JobStatus.RUNNING:
+            left = cap * 3600 - running_seconds(snap.attempts, time.time())
+            if left <= 0:
+                await self._finish(job, attempt, JobStatus.FAILED, EndReason.MAX_DURATION,
+                                   f"ran longer than max_duration_hours ({cap:g} h, counted "
+                                   "over every attempt's running time)", None)
+                return
+            waits.append(left)
         if job.status == JobStatus.RUNNING and self._watches_deadline(job, attempt):
             next_check = self._last_deadline_check + self.sv.config.deadline_check_interval
             if time.time() >= next_check:
@@ -563,6 +572,13 @@ class JobRunner:
 GONE_ENDS = {base.PREEMPTED: EndReason.PREEMPTED, base.LOST: EndReason.LOST,
              base.NOT_FOUND: EndReason.LOST, base.TERMINATED: EndReason.TERMINATED}
 RELEASE_WAIT = 30.0  # a runner waiting on the reaper looks again at least this often
+
+
+def running_seconds(attempts: list[st.Attempt], now: float) -> float:
+    """How long the job has run, over all its attempts (provisioning and recovery gaps do
+    not count): what max_duration_hours caps."""
+    return sum(max(0.0, (a.ended_at or now) - a.running_at) for a in attempts
+               if a.running_at is not None)
 
 
 def agent_failure_streak(attempts: list[st.Attempt], before_id: int) -> int:

@@ -298,3 +298,17 @@ async def test_a_runner_that_keeps_crashing_fails_its_job(
     assert j["reason"].startswith("controller error while managing this job (5 crashes")
     assert "RuntimeError: a deterministic bug" in j["reason"] and "second" not in j["reason"]
     assert job_id not in h.ctl.runners
+
+
+async def test_max_duration_fails_a_job_that_ran_too_long(seams: Any) -> None:
+    h: Seams = await seams()
+    task = {"resources": {"cloud": "local", "cpus": 2, "use_spot": True,
+                          "job_recovery": {"max_duration_hours": 0.0003}},  # about 1 s
+            "run": "x"}
+    job_id = await submit(h, task)
+    aid = await h.run_to_running(job_id)
+    j = await h.wait_status(job_id, "FAILED")
+    assert "ran longer than max_duration_hours" in j["reason"]
+    assert j["attempt_list"][0]["end_reason"] == "max_duration"
+    await until("its instance terminated", lambda: h.attempt(aid).released)
+    assert not h.fake.alive()
