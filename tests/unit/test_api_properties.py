@@ -24,7 +24,7 @@ from hypothesis import strategies as hs
 from skyjobs.config import load_config
 from skyjobs.controller.daemon import Controller
 from skyjobs.providers.fake import FakeProvider
-from tests.unit.test_controller_fake import TASK, Harness, until
+from tests.unit.harness import TASK, Harness, until
 
 T = TypeVar("T")
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=False,

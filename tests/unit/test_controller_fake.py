@@ -3,91 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from skyjobs.config import load_config
-from skyjobs.controller.daemon import Controller
-from skyjobs.providers.fake import FakeProvider
-
-
-async def until(what: str, check: Callable[[], Any], limit_s: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while asyncio.get_running_loop().time() < deadline:
-        value = await check() if asyncio.iscoroutinefunction(check) else check()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-class Harness:
-    def __init__(self, ctl: Controller, fake: FakeProvider, http: aiohttp.ClientSession):
-        self.ctl, self.fake, self.http = ctl, fake, http
-
-    async def api(self, method: str, path: str, body: Any = None,
-                  token: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token if token is not None else self.ctl.token}"}
-        async with self.http.request(method, f"{self.ctl.url}{path}", json=body,
-                                     headers=headers) as resp:
-            return resp.status, await resp.json()
-
-    async def agent(self, attempt_id: int, event: dict[str, Any],
-                    token: str | None = None) -> tuple[int, Any]:
-        tok = token if token is not None else self.ctl.sessions.agent_token(attempt_id)
-        return await self.api("POST", f"/agent/v1/attempts/{attempt_id}/events", event, tok)
-
-    async def job(self, job_id: int) -> dict[str, Any]:
-        status, body = await self.api("GET", f"/api/v1/jobs/{job_id}")
-        assert status == 200, body
-        return dict(body)
-
-    async def wait_status(self, job_id: int, *statuses: str) -> dict[str, Any]:
-        async def check() -> Any:
-            j = await self.job(job_id)
-            return j if j["status"] in statuses else None
-        return dict(await until(f"{statuses}", check))
-
-    async def current_attempt(self, job_id: int) -> int:
-        j = await self.ctl.store.call(self.ctl.store.sync.get_job, job_id)
-        assert j.current_attempt is not None
-        return j.current_attempt
-
-    async def run_to_running(self, job_id: int) -> int:
-        await self.wait_status(job_id, "PROVISIONING")
-        await until("a launched attempt", lambda: self.fake.alive())
-        aid = await self.current_attempt(job_id)
-        assert (await self.agent(aid, {"kind": "phase", "phase": "ready", "rank": 0}))[0] == 200
-        await until("go", lambda: aid in self.ctl.sessions.go)
-        await self.agent(aid, {"kind": "phase", "phase": "running", "rank": 0})
-        await self.wait_status(job_id, "RUNNING")
-        return aid
-
-
-@pytest.fixture
-async def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
-    monkeypatch.setenv("SKYJOBS_LAUNCH_BACKOFF_INITIAL", "0.05")
-    monkeypatch.setenv("SKYJOBS_LAUNCH_BACKOFF_MAX", "0.1")
-    monkeypatch.setenv("SKYJOBS_MAX_LAUNCH_ROUNDS", "2")
-    fake = FakeProvider()
-    ctl = Controller(load_config(state_dir=tmp_path / "state", port=0), providers={"local": fake})
-    await ctl.start()
-    async with aiohttp.ClientSession() as http:
-        yield Harness(ctl, fake, http)
-    await ctl.shutdown()
-
-
-TASK = {"resources": {"cloud": "local", "cpus": 2, "use_spot": True}, "run": "x"}
-
-
-async def submit(h: Harness, task: dict[str, Any] | None = None) -> int:
-    status, body = await h.api("POST", "/api/v1/jobs", {"task": task or TASK})
-    assert status == 201, body
-    return int(body["id"])
+from tests.unit.harness import TASK, Harness, submit, until
 
 
 async def test_capacity_error_moves_to_the_next_cheapest_zone(h: Harness) -> None:

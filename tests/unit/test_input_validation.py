@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from skyjobs import cli
-from skyjobs.config import load_config
 from skyjobs.controller import views
-from skyjobs.controller.daemon import Controller
 from skyjobs.exceptions import SpecError
-from skyjobs.providers.fake import FakeProvider
 from skyjobs.spec import TaskSpec, load_task, parse_task
-from tests.unit.test_controller_fake import TASK, Harness, until
+from tests.unit.harness import TASK, Harness, until
 
 # --- spec ----------------------------------------------------------------------------------
 
@@ -117,18 +112,6 @@ def test_quantities_are_stored_exactly(cpus: Any) -> None:
 
 
 # --- HTTP API ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
-    monkeypatch.setenv("SKYJOBS_LAUNCH_BACKOFF_INITIAL", "0.05")
-    monkeypatch.setenv("SKYJOBS_LAUNCH_BACKOFF_MAX", "0.1")
-    fake = FakeProvider()
-    ctl = Controller(load_config(state_dir=tmp_path / "state", port=0), providers={"local": fake})
-    await ctl.start()
-    async with aiohttp.ClientSession() as http:
-        yield Harness(ctl, fake, http)
-    await ctl.shutdown()
 
 
 async def raw(h: Harness, method: str, path: str, data: bytes | str = b"",

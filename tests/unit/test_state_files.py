@@ -12,7 +12,7 @@ from skyjobs.controller.daemon import Controller, read_or_create_secret
 from skyjobs.fsutil import TMP_SUFFIX, atomic_write
 from skyjobs.node.buckets import sync_tree
 from skyjobs.providers.fake import FakeProvider
-from tests.unit.test_controller_fake import TASK, Harness, submit
+from tests.unit.harness import TASK, Harness, submit
 
 
 def mode(path: Path) -> int:
