@@ -28,7 +28,6 @@ from skyjobs.checkpoint.buckets import local_bucket_dir
 from skyjobs.controller import store as st
 from skyjobs.controller import views
 from skyjobs.controller.messages import Message
-from skyjobs.controller.runner import ranked_candidates, ranking_context
 from skyjobs.controller.services import Services
 from skyjobs.exceptions import (
     IllegalTransitionError,
@@ -408,18 +407,32 @@ async def preempt(request: web.Request) -> web.Response:
 
 
 async def plan(request: web.Request) -> web.Response:
+    """The ranking across every cloud of the catalog, each row marked enabled or not here;
+    this controller's live prices and preemption memory. Bucket problems are warnings."""
     ctl = request.app[CTL]
     body = await _json(request)
-    source = str(body.get("source") or "task")
+    source = _text(body.get("source"), "source", "task")
     spec = parse_task(body.get("task"), source=source)
+    ctx = views.fresh_ranking_context(ctl.config, spec, ctl.memory, ctl.price_book, time.time())
     try:
-        require_candidates(spec, ctl.catalog)
+        reply = views.plan_reply(spec, views.plan_catalog(ctl.catalog), set(ctl.providers),
+                                 ctx, ctl.state_dir / "buckets")
     except SpecError as err:
         raise SpecError(f"{source}: {err}") from None
-    ctx = ranking_context(ctl, spec, None, [], time.time())
-    ranked = ranked_candidates(ctl, spec, ctx)
-    return web.json_response({"strategy": spec.resources.strategy, "num_nodes": spec.num_nodes,
-                              "candidates": [views.ranked_row(r) for r in ranked]})
+    reply["controller"] = ctl.url
+    return web.json_response(reply)
+
+
+async def clouds(request: web.Request) -> web.Response:
+    """The clouds this controller has enabled, and for each whether it can launch now."""
+    ctl = request.app[CTL]
+    out = []
+    for name in sorted(ctl.providers):
+        provider = ctl.providers[name]
+        offerings = sum(1 for o in ctl.catalog.offerings if o.cloud == name)
+        out.append(views.cloud_readiness(name, provider, offerings))
+    return web.json_response({"enabled": sorted(ctl.providers), "clouds": out,
+                              "url": ctl.url})
 
 
 async def prices(request: web.Request) -> web.Response:
@@ -566,7 +579,14 @@ async def agent_event(request: web.Request) -> web.Response:
             ctl.runners.post(attempt.job_id, Message(MessageKind.PHASE, attempt.id, rank_))
     elif kind == "exit":
         ended = NodePhase.SETUP_FAILED if phase == "setup" and code != 0 else NodePhase.EXITED
+        error = body.get("error")
         if await _db(ctl, s.set_node_phase, attempt.id, rank_, ended, code):
+            if isinstance(error, str) and error.strip():
+                # What broke the agent itself (an archive it could not unpack...): an event
+                # on the job, so the failure's reason is one `skyjobs events` away.
+                await _db(ctl, s.add_info_event, attempt.job_id,
+                          f"node {rank_}: agent error: {' '.join(error.split())[:300]}",
+                          attempt.n)
             ctl.runners.post(attempt.job_id, Message(MessageKind.EXIT, attempt.id, rank_))
     return web.json_response({"ok": True})
 
@@ -613,6 +633,7 @@ def make_app(ctl: Services) -> web.Application:
         web.post("/api/v1/jobs/{job}/preempt", preempt),
         web.post("/api/v1/cancel", cancel),
         web.post("/api/v1/plan", plan),
+        web.get("/api/v1/clouds", clouds),
         web.get("/api/v1/prices", prices),
         web.post("/api/v1/local/capacity", capacity),
         web.post("/api/v1/webhooks/test", webhook_test),

@@ -87,7 +87,7 @@ class Agent:
                 out.write(f"--- skyjobs: agent error in {self.phase}: {what}\n".encode())
         except OSError:
             pass
-        return self._finish(1, self.phase)
+        return self._finish(1, self.phase, error=what)
 
     def _fetch_task(self) -> dict[str, Any]:
         """The task, once every node of the attempt has an address: SKYPILOT_NODE_IPS with
@@ -141,7 +141,7 @@ class Agent:
             self.run_ended.set()
         return self._finish(code, "run")
 
-    def _finish(self, code: int, phase: str) -> int:
+    def _finish(self, code: int, phase: str, error: str | None = None) -> int:
         if self.buckets.has_copy:
             self._upload("exit")
         for _ in range(FINAL_LOG_CHUNKS):  # the rest of the log, 1 MiB at a time
@@ -149,7 +149,8 @@ class Agent:
                 break
         self.done.set()
         self.client.report({"kind": "exit", "exit_code": code, "phase": phase,
-                            "noticed": self.noticed.is_set(), "seen_at": self.notice_seen_at})
+                            "noticed": self.noticed.is_set(), "seen_at": self.notice_seen_at,
+                            **({"error": error[:500]} if error else {})})
         log(f"{phase} exited with {code}; reported")
         return 0
 

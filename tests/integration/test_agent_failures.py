@@ -60,6 +60,8 @@ def test_an_archive_the_agent_cannot_unpack_fails_setup_with_its_reason(
     assert done["status"] == "FAILED" and "setup failed" in done["reason"], done
     assert done["attempts"] == 1 and done["recoveries"] == 0
     assert "agent error in setup" in ctl.logs(job_id, 1)
+    assert any("agent error" in (e["reason"] or "") and "Error" in (e["reason"] or "")
+               for e in ctl.events(job_id))
     assert not Path("/tmp/skyjobs-escape-test.txt").exists()
 
 
