@@ -18,7 +18,7 @@ import click
 
 from skyjobs.client import Client, connect
 from skyjobs.config import default_state_dir
-from skyjobs.exceptions import ControllerUnavailableError, SkyjobsError
+from skyjobs.exceptions import ApiError, ControllerUnavailableError, SkyjobsError
 from skyjobs.render import event_line, fmt_duration, fmt_time, table
 from skyjobs.spec import load_task_document, parse_task
 from skyjobs.states import TERMINAL
@@ -184,6 +184,8 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...],
     reply = client.post("/api/v1/jobs", {
         "task": raw_task(document), "source": str(file), "name": name, "envs": overrides,
         "archive": archive, "num_jobs": num_jobs})
+    for line in spec.notes(str(file)):
+        click.echo(f"note: {line}", err=True)
     if num_jobs > 1:
         click.echo(" ".join(str(i) for i in reply["ids"]))
         click.echo(f"job array {reply['array_id']}: {num_jobs} jobs", err=True)
@@ -346,23 +348,322 @@ def preempt(obj: Ctx, job_id: int, notice: float) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", type=click.IntRange(1), default=30, show_default=True,
+              help="Rows of the table to show (--json gives every row).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def plan(obj: Ctx, file: Path, as_json: bool) -> None:
-    """Show the ranked candidate placements for a task, launching nothing."""
-    _, document = load_task_document(file)
-    reply = obj.client(autostart=True).post("/api/v1/plan", {"task": raw_task(document),
-                                                             "source": str(file)})
+def plan(obj: Ctx, file: Path, limit: int, as_json: bool) -> None:
+    """Rank every offering of every cloud in the catalog for a task, launching nothing.
+
+    Rows are marked enabled or not by the running controller (its live prices and
+    preemption memory), or with none running by this machine's config (list prices).
+    Starts no controller; missing workdirs and bucket problems are warnings here (submit
+    refuses them).
+    """
+    problems: list[str] = []
+    spec, document = load_task_document(file, path_problems=problems)
+    reply = _plan_task(obj.state_dir, obj.controller, spec, raw_task(document), str(file))
+    warnings = [*problems, *(f"{file}: {w}" for w in reply["warnings"])]
+    notes = spec.notes(str(file))
     if as_json:
-        click.echo(json.dumps(reply, indent=2))
+        click.echo(json.dumps({**reply, "warnings": warnings, "notes": notes}, indent=2))
         return
-    click.echo(f"strategy {reply['strategy']}, {reply['num_nodes']} node(s)")
+    enabled = ", ".join(reply["enabled"]) or "none"
+    click.echo(f"strategy {reply['strategy']}, {reply['num_nodes']} node(s); "
+               f"enabled: {enabled} ({reply['enabled_by']})")
     rows = [[str(i + 1), c["cloud"], c["region"], c["zone"], c["instance_type"],
              c["accelerator"] or "-", "spot" if c["spot"] else "on-demand",
-             f"${c['price_per_hour']:.3f}", c["reason"]]
-            for i, c in enumerate(reply["candidates"])]
+             f"${c['price_per_hour']:.3f}", "yes" if c["enabled"] else "no", c["reason"]]
+            for i, c in enumerate(reply["candidates"][:limit])]
     click.echo(table(rows, ["#", "CLOUD", "REGION", "ZONE", "INSTANCE", "ACCEL", "MARKET",
-                             "$/H", "WHY"]))
+                             "$/H", "ENABLED", "WHY"]))
+    more = len(reply["candidates"]) - len(rows)
+    if more > 0:
+        click.echo(f"... {more} more (--limit {len(reply['candidates'])}, or --json)")
+    pick = reply["pick"]
+    if pick is not None:
+        click.echo(f"would launch first: {pick['cloud']}/{pick['zone']}/"
+                   f"{pick['instance_type']}/{'spot' if pick['spot'] else 'on-demand'} "
+                   f"at ${pick['price_per_hour']:.3f}/h")
+    else:
+        wanted = sorted({c["cloud"] for c in reply["candidates"]})
+        click.echo(f"would launch first: nothing: no enabled cloud can run this task "
+                   f"(it can run on {', '.join(wanted)}; enable one, then `skyjobs check`)")
+    for line in warnings:
+        click.echo(f"warning: {line} (submit refuses this)")
+    for line in notes:
+        click.echo(f"note: {line}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@pass_ctx
+def check(obj: Ctx, file: Path | None) -> None:
+    """Per cloud: enabled or not and why, credentials, default image; with FILE, its
+    buckets and paths. Exits 1 when an enabled cloud cannot launch or FILE would be
+    refused at submit. Never prints a secret.
+    """
+    findings = _run_checks(obj.state_dir, obj.controller, file)
+    for finding in findings:
+        click.echo(finding.line())
+    sys.exit(1 if any(f.fatal for f in findings) else 0)
+
+
+# --- plan and check: they work before any setup ------------------------------------------
+
+def _reachable(state_dir: Path, url: str | None) -> tuple[Client | None, str]:
+    """The controller to ask, if one answers (never started here), and why not if none."""
+    try:
+        client = connect(state_dir, url, autostart=False)
+    except ControllerUnavailableError as err:
+        return None, str(err)
+    if url and not client.healthy():
+        return None, f"cannot reach the controller at {client.url}"
+    return client, ""
+
+
+def _local_config(state_dir: Path) -> tuple[Any, str]:
+    """This machine's controller config (``SKYJOBS_*``, the state dir's config.yaml), or
+    the defaults and the reason when it is invalid."""
+    from skyjobs.config import ControllerConfig, load_config
+    from skyjobs.exceptions import ConfigError
+
+    try:
+        return load_config(state_dir=state_dir), ""
+    except ConfigError as err:
+        return ControllerConfig.model_construct(state_dir=state_dir, clouds=["local"]), str(err)
+
+
+def _plan_task(state_dir: Path, url: str | None, spec: Any, task: Any,
+               source: str) -> dict[str, Any]:
+    """The controller's plan when one answers, else the same ranking made here from the
+    catalog, this machine's config, list prices and an empty preemption memory."""
+    client, why = _reachable(state_dir, url)
+    if client is not None:
+        try:
+            reply: dict[str, Any] = client.post("/api/v1/plan", {"task": task,
+                                                                 "source": source})
+            reply["enabled_by"] = (f"the controller at {reply.get('controller') or client.url};"
+                                   " its live prices and preemption memory")
+            return reply
+        except ControllerUnavailableError as err:
+            why = str(err)
+    from skyjobs.controller import views
+    from skyjobs.pricing.catalog import Catalog
+    from skyjobs.pricing.prices import PriceBook
+    from skyjobs.recovery.memory import PreemptionMemory
+
+    cfg, bad = _local_config(state_dir)
+    enabled = set(cfg.clouds)
+    ctx = views.fresh_ranking_context(cfg, spec, PreemptionMemory(),
+                                      PriceBook(cfg.price_max_age), time.time())
+    try:
+        reply = views.plan_reply(spec, views.plan_catalog(Catalog.for_clouds(enabled)),
+                                 enabled, ctx, state_dir / "buckets")
+    except SkyjobsError as err:
+        raise SkyjobsError(f"{source}: {err}") from None
+    reply["enabled_by"] = "this machine's config; no controller running: list prices"
+    if bad:
+        reply["warnings"].append(f"ignoring this machine's config: {bad}")
+    if url:
+        click.echo(f"note: {why}; planning here from the catalog", err=True)
+    return reply
+
+
+class Finding:
+    """One line of ``skyjobs check``; ``fatal`` makes the command exit 1."""
+
+    def __init__(self, topic: str, text: str, fatal: bool = False) -> None:
+        self.topic, self.text, self.fatal = topic, text, fatal
+
+    def line(self) -> str:
+        return f"{self.topic}: {'FAIL: ' if self.fatal else ''}{self.text}"
+
+
+def _run_checks(state_dir: Path, url: str | None, file: Path | None) -> list[Finding]:
+    import asyncio
+
+    from skyjobs.pricing.catalog import load_cloud, shipped_clouds
+
+    out: list[Finding] = []
+    client, why = _reachable(state_dir, url)
+    cfg, bad = _local_config(state_dir)
+    if bad:
+        out.append(Finding("config", f"invalid, defaults used: {bad}", fatal=client is None))
+    controller: dict[str, Any] | None = None
+    if client is not None:
+        try:
+            controller = client.get("/api/v1/clouds")
+        except ControllerUnavailableError as err:
+            why = str(err)
+        except ApiError as err:  # an older controller, or a wrong token
+            out.append(Finding("controller", f"{client.url} did not say which clouds it "
+                               f"enables: {err}", fatal=True))
+            why = f"{client.url} could not be asked"
+    if controller is not None:
+        enabled = list(controller["enabled"])
+        where = controller.get("url") or (client.url if client is not None else "")
+        out.append(Finding("controller", f"{where} enables {', '.join(enabled) or 'nothing'}"))
+    else:
+        enabled = list(cfg.clouds)
+        where = why if url or client is not None else f"none running on {state_dir}"
+        out.append(Finding("controller", f"{where}; one started here would enable "
+                           f"{', '.join(enabled) or 'nothing'} (SKYJOBS_CLOUDS, or clouds: in "
+                           f"{state_dir / 'config.yaml'})"))
+    ready = {c["cloud"]: c for c in (controller or {}).get("clouds", [])}
+    # Without a controller, the clouds of this machine's config are the ones that must work.
+    must_work = controller is None
+    for cloud in sorted({*shipped_clouds(), "local", "aws", *enabled}):
+        on = cloud in enabled
+        if cloud in ready:
+            r = ready[cloud]
+            detail = "; ".join(r["notes"]) or "ready"
+            out.append(Finding(cloud, f"enabled on the controller: {r['offerings']} offerings;"
+                               f" {detail}", fatal=not r["ready"]))
+        elif cloud == "local":
+            out.append(Finding(cloud, f"{'enabled' if on else 'not enabled'}: always available "
+                               f"(processes on this machine; {len(load_cloud('local'))} "
+                               "offerings)"))
+        elif cloud == "aws":
+            if not on:
+                out.append(Finding(cloud, "not enabled (SKYJOBS_CLOUDS=aws,local or clouds: "
+                                   "[aws, local] in config.yaml; see docs/aws.md)"))
+            elif controller is None:
+                out.append(Finding(cloud, "enabled in this machine's config"))
+        else:
+            out.append(Finding(cloud, f"{'enabled' if on else 'not enabled'}: no provider in "
+                               "this build (`skyjobs plan` ranks its catalog; jobs cannot "
+                               "launch there yet)", fatal=on and must_work))
+        if cloud == "aws":
+            # This machine's view (the controller's own was checked when it started).
+            out.extend(asyncio.run(_check_aws(fatal=on and must_work)))
+    if file is not None:
+        out.extend(asyncio.run(_check_file(file, enabled, state_dir)))
+    return out
+
+
+async def _check_aws(fatal: bool) -> list[Finding]:
+    """aws as this machine sees it: the extra installed, credentials (their source only),
+    and the image of every region of the catalog. ``fatal``: aws is to be enabled here."""
+    from skyjobs.pricing.catalog import load_cloud
+
+    out: list[Finding] = []
+    try:
+        from skyjobs.providers.aws import AwsConfig, AwsProvider
+    except ImportError as err:
+        out.append(Finding("aws", f"the aws extra is not installed (pip install "
+                           f"'skyjobs[aws]'): {err}", fatal=fatal))
+        return out
+    try:
+        config = AwsConfig.from_env()
+    except SkyjobsError as err:
+        out.append(Finding("aws", str(err), fatal=fatal))
+        return out
+    method = _aws_credentials_method()
+    if method.startswith("not found") or method.startswith("cannot"):
+        out.append(Finding("aws", f"credentials: {method}", fatal=fatal))
+    else:
+        out.append(Finding("aws", f"credentials: found ({method})"))
+    if config.endpoint_url:
+        out.append(Finding("aws", f"endpoint: {config.endpoint_url} (SKYJOBS_AWS_ENDPOINT_URL)"))
+    regions = sorted({o.region for o in load_cloud("aws")})
+    provider = AwsProvider(config, regions=regions)
+    try:
+        if any(not config.explicit_image(r) for r in regions) and method.startswith(
+                ("not found", "cannot")):
+            out.append(Finding("aws", "images: not checked without credentials (the default "
+                               "image is read from SSM)", fatal=fatal))
+            return out
+        try:
+            images = await provider.resolve_images()
+        except SkyjobsError as err:
+            out.append(Finding("aws", f"images: {err}", fatal=fatal))
+            return out
+        for region in regions:
+            out.append(Finding("aws", f"image {region}: {images[region]} "
+                               f"({provider.images.source(region)})"))
+    finally:
+        await provider.close()
+    return out
+
+
+def _aws_credentials_method() -> str:
+    """How botocore's chain finds credentials ("env", "shared-credentials-file",
+    "iam-role"...), never the credentials themselves."""
+    try:
+        import botocore.session
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            creds = botocore.session.get_session().get_credentials()
+        except BotoCoreError as err:
+            return f"cannot be read: {' '.join(str(err).split())}"
+    except ImportError as err:
+        return f"cannot be read: {err}"
+    if creds is None:
+        return ("not found (environment, AWS_PROFILE and ~/.aws, SSO, or the instance role "
+                "of this machine)")
+    return str(getattr(creds, "method", None) or "unknown source")
+
+
+async def _check_file(file: Path, enabled: list[str], state_dir: Path) -> list[Finding]:
+    """What submit would refuse about FILE's paths and buckets, checked now."""
+    from skyjobs.checkpoint.buckets import local_bucket_dir
+
+    topic = str(file)
+    problems: list[str] = []
+    try:
+        spec, _ = load_task_document(file, path_problems=problems)
+    except SkyjobsError as err:
+        return [Finding("task", str(err), fatal=True)]
+    out = [Finding("task", p, fatal=True) for p in problems]
+    out.extend(Finding("task", f"note: {n}") for n in spec.notes(topic))
+    for target, mount in spec.buckets().items():
+        where = f"{topic}: file_mounts.{target}: {mount.source}"
+        scheme = mount.source.split("://", 1)[0]
+        cloud = {"local": "local", "s3": "aws", "gs": "gcp"}.get(scheme, scheme)
+        if cloud not in enabled:
+            out.append(Finding("bucket", f"{where}: needs the {cloud} provider, which is not "
+                               "enabled", fatal=True))
+        if scheme == "local":
+            try:
+                path = local_bucket_dir(mount.source, state_dir / "buckets")
+            except ValueError as err:
+                out.append(Finding("bucket", f"{where}: {err}", fatal=True))
+                continue
+            out.append(Finding("bucket", f"{where}: local bucket at {path}"
+                               + ("" if path.exists() else " (created on first use)")))
+        elif scheme == "s3":
+            out.append(await _check_s3(where, mount.source))
+        else:
+            out.append(Finding("bucket", f"{where}: {scheme}:// buckets cannot be checked: "
+                               f"{cloud} has no provider in this build", fatal=True))
+    return out
+
+
+async def _check_s3(where: str, source: str) -> Finding:
+    import asyncio
+
+    try:
+        from skyjobs.providers.aws import AwsConfig, AwsProvider
+        from skyjobs.providers.base import BucketChecker, ability
+    except ImportError as err:
+        return Finding("bucket", f"{where}: cannot check without the aws extra: {err}",
+                       fatal=True)
+    provider = AwsProvider(AwsConfig.from_env())
+    try:
+        checker = ability(provider, BucketChecker)
+        assert checker is not None
+        async with asyncio.timeout(60):
+            await checker.check_bucket(source)
+        return Finding("bucket", f"{where}: reachable (listed, wrote and deleted a probe "
+                       "object with this machine's credentials)")
+    except SkyjobsError as err:
+        return Finding("bucket", f"{where}: {' '.join(str(err).split())}", fatal=True)
+    except TimeoutError:
+        return Finding("bucket", f"{where}: S3 did not answer within 60s", fatal=True)
+    finally:
+        await provider.close()
 
 
 @main.command()

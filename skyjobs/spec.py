@@ -1015,8 +1015,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def parse_task(data: Any, source: str = "task", base_dir: Path | None = None) -> TaskSpec:
-    """Validate an already-loaded YAML document. Raises SpecError naming source and key."""
+def parse_task(data: Any, source: str = "task", base_dir: Path | None = None,
+               path_problems: list[str] | None = None) -> TaskSpec:
+    """Validate an already-loaded YAML document. Raises SpecError naming source and key.
+
+    With ``path_problems`` (a list), a missing workdir or local file_mounts source is
+    appended to it as one line instead of refused (``skyjobs plan``: placement does not
+    depend on them; submit still refuses them)."""
     source = _one_line(source) or "task"
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the task must be a YAML mapping")
@@ -1028,7 +1033,7 @@ def parse_task(data: Any, source: str = "task", base_dir: Path | None = None) ->
     except ValidationError as err:
         raise SpecError(f"{source}: {format_validation_error(err)}") from None
     if base_dir is not None:
-        spec = _resolve_paths(spec, base_dir, source)
+        spec = _resolve_paths(spec, base_dir, source, path_problems)
     return spec
 
 
@@ -1039,20 +1044,34 @@ def _local_path(base: Path, raw: str, where: str, source: str) -> Path:
         raise SpecError(f"{source}: {where}: {_show(raw)}: {_one_line(str(err))}") from None
 
 
-def _resolve_paths(spec: TaskSpec, base: Path, source: str) -> TaskSpec:
+def _resolve_paths(spec: TaskSpec, base: Path, source: str,
+                   problems: list[str] | None = None) -> TaskSpec:
+    def problem(error: SpecError) -> None:
+        if problems is None:
+            raise error
+        problems.append(str(error))
+
     updates: dict[str, Any] = {}
     if spec.workdir is not None:
-        wd = _local_path(base, spec.workdir, "workdir", source)
-        if not _exists(wd, directory=True):
-            raise SpecError(f"{source}: workdir: {spec.workdir!r} is not a directory")
-        updates["workdir"] = str(wd)
+        try:
+            wd = _local_path(base, spec.workdir, "workdir", source)
+            if not _exists(wd, directory=True):
+                problem(SpecError(f"{source}: workdir: {spec.workdir!r} is not a directory"))
+            updates["workdir"] = str(wd)
+        except SpecError as err:
+            problem(err)
     mounts: dict[str, str | BucketMount] = {}
     for target, src in spec.file_mounts.items():
         if isinstance(src, str):
             where = f"file_mounts.{_label(target)}"
-            path = _local_path(base, src, where, source)
+            try:
+                path = _local_path(base, src, where, source)
+            except SpecError as err:
+                problem(err)
+                mounts[target] = src
+                continue
             if not _exists(path):
-                raise SpecError(f"{source}: {where}: {src!r} does not exist")
+                problem(SpecError(f"{source}: {where}: {src!r} does not exist"))
             mounts[target] = str(path)
         else:
             mounts[target] = src
@@ -1149,12 +1168,15 @@ def load_task(path: str | Path) -> TaskSpec:
     return load_task_document(path)[0]
 
 
-def load_task_document(path: str | Path) -> tuple[TaskSpec, Any]:
-    """The validated task and the YAML document it came from (read once)."""
+def load_task_document(path: str | Path,
+                       path_problems: list[str] | None = None) -> tuple[TaskSpec, Any]:
+    """The validated task and the YAML document it came from (read once). With
+    ``path_problems``, missing local paths are noted there, not refused (see parse_task)."""
     p = Path(path)
     data = read_task_document(p)
     try:
         base_dir = p.resolve().parent
     except (OSError, RuntimeError) as err:
         raise SpecError(f"{p}: cannot resolve its directory: {err}") from None
-    return parse_task(data, source=str(p), base_dir=base_dir), data
+    return parse_task(data, source=str(p), base_dir=base_dir,
+                      path_problems=path_problems), data

@@ -12,16 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from skyjobs.config import ControllerConfig
 from skyjobs.controller import store as st
 from skyjobs.controller.metrics import Metrics
 from skyjobs.controller.reaper import Reaper
 from skyjobs.controller.sessions import AgentSessions
 from skyjobs.controller.webhooks import WebhookDispatcher
+from skyjobs.exceptions import FatalProviderError
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
 from skyjobs.pricing.prices import PriceBook
 from skyjobs.providers.base import LaunchRequest, Provider
+from skyjobs.recovery.choice import choice_for
 from skyjobs.recovery.memory import PreemptionMemory
+from skyjobs.spec import TaskSpec
 from skyjobs.states import RecoveryCause
 
 if TYPE_CHECKING:
@@ -69,15 +74,32 @@ class Services:
         return Placement(offering, a.use_spot, a.price_per_hour)
 
     def launch_request(self, job: st.Job, attempt: st.Attempt) -> LaunchRequest:
+        """What the provider starts the attempt's nodes with: where (the attempt's
+        placement), the agents' environments, our tags, and what the task's alternative
+        that admits the placement asks for (image, boot disk, ports, labels)."""
         url = self.config.advertise_url or self.url
         env = {"SKYJOBS_CONTROLLER_URL": url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
                "SKYJOBS_AGENT_TOKEN": self.sessions.agent_token(attempt.id)}
+        placement = self.placement_of(attempt)
+        try:
+            spec = TaskSpec.model_validate(job.task["spec"])
+        except (KeyError, TypeError, ValidationError) as err:
+            # Stored specs were validated at submit; one that no longer reads cannot say
+            # what to launch with, and a retry will not change that.
+            raise FatalProviderError(f"job {job.id}: stored task cannot be read: "
+                                     f"{type(err).__name__}") from None
+        choice = choice_for(spec, placement)
+        tags = {"skyjobs-controller": self.instance_prefix, "skyjobs-job": str(job.id),
+                "skyjobs-attempt": str(attempt.n)}
         return LaunchRequest(
-            job_id=job.id, attempt_id=attempt.id, placement=self.placement_of(attempt),
+            job_id=job.id, attempt_id=attempt.id, placement=placement,
             instance_ids=attempt.instance_ids,
             agent_env=[{**env, "SKYJOBS_NODE_RANK": str(r)} for r in range(attempt.num_nodes)],
-            tags={"skyjobs-controller": self.instance_prefix, "skyjobs-job": str(job.id),
-                  "skyjobs-attempt": str(attempt.n)})
+            tags=tags, image_id=choice.image_for(placement.region),
+            disk_size_gb=choice.disk_size, disk_tier=choice.disk_tier, ports=choice.ports,
+            # Under ours: a label never replaces a skyjobs tag (the spec refuses skyjobs*
+            # keys already; this keeps it so whatever a provider merges first).
+            labels={k: v for k, v in choice.labels.items() if k not in tags})
 
     def on_recovery(self, cause: RecoveryCause, attempt: st.Attempt) -> None:
         self.metrics.recovery(cause)

@@ -6,11 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skyjobs.checkpoint.buckets import local_bucket_dir
+from skyjobs.config import ControllerConfig
 from skyjobs.controller import store as st
-from skyjobs.pricing.catalog import Offering
-from skyjobs.pricing.prices import Quote
+from skyjobs.controller.runner import NOTICE_SECONDS
+from skyjobs.exceptions import SpecError
+from skyjobs.pricing.catalog import Catalog, Offering, load_cloud, shipped_clouds
+from skyjobs.pricing.prices import PriceBook, Quote
 from skyjobs.providers import base
-from skyjobs.recovery.policy import Ranked
+from skyjobs.recovery.memory import PreemptionMemory
+from skyjobs.recovery.placement import explain_no_match, match
+from skyjobs.recovery.policy import Ranked, RankingContext, rank
+from skyjobs.spec import TaskSpec
 
 if TYPE_CHECKING:
     from skyjobs.controller.services import Services
@@ -114,3 +121,109 @@ def agent_task(ctl: Services, job: st.Job, attempt: st.Attempt,
         "notice_signal": cfg.notice_signal,
         "copy_sync_interval": cfg.copy_sync_interval,
     }
+
+
+# --- plan: every cloud of the catalog, enabled or not ----------------------------------------
+
+BUCKET_CLOUDS = {"local": "local", "s3": "aws", "gs": "gcp"}
+
+
+def plan_catalog(enabled: Catalog) -> Catalog:
+    """The offerings a plan ranks: the controller's own (what its runners use), and the
+    shipped offerings of every cloud it does not serve."""
+    have = enabled.clouds()
+    return Catalog([*enabled.offerings, *(o for cloud in shipped_clouds() if cloud not in have
+                                          for o in load_cloud(cloud))])
+
+
+def fresh_ranking_context(config: ControllerConfig, spec: TaskSpec, memory: PreemptionMemory,
+                          prices: PriceBook, now: float) -> RankingContext:
+    """What the placement policy knows about a job not yet submitted: the same as
+    ``runner.ranking_context`` for a job with no attempts (tests keep the two equal), built
+    from a config alone so the CLI can plan with no controller."""
+    rec = spec.resources.job_recovery
+    cloud = spec.resources.choices()[0].cloud
+    return RankingContext(
+        strategy=spec.resources.strategy, ordered=spec.resources.is_ordered, now=now,
+        deadline_at=now + rec.deadline_hours * 3600 if rec.deadline_hours else None,
+        expected_runtime_s=rec.expected_runtime_hours * 3600
+        if rec.expected_runtime_hours else None,
+        progress_s=0.0, memory=memory, prices=prices, restart_s=config.restart_estimate,
+        checkpoint_interval_s=config.checkpoint_interval_estimate,
+        notice_s=NOTICE_SECONDS.get(cloud or "local", 30.0), submitted_at=now)
+
+
+def bucket_problems(spec: TaskSpec, enabled: set[str], buckets_root: Path,
+                    clouds_used: set[str]) -> list[str]:
+    """What submit would refuse about the task's buckets without asking any cloud, one
+    ``file_mounts.TARGET: ...`` line each (plan shows them as warnings)."""
+    out = []
+    for target, mount in spec.buckets().items():
+        scheme = mount.source.split("://", 1)[0]
+        cloud = BUCKET_CLOUDS.get(scheme, scheme)
+        where = f"file_mounts.{target}"
+        if cloud not in enabled:
+            out.append(f"{where}: {scheme}:// buckets need the {cloud} provider, which is "
+                       "not enabled")
+        if cloud == "local":
+            try:
+                local_bucket_dir(mount.source, buckets_root)
+            except ValueError as err:
+                out.append(f"{where}: {err}")
+            if clouds_used - {"local"}:
+                out.append(f"{where}: local:// buckets work only on the local provider; "
+                           "set resources.cloud: local")
+    return out
+
+
+def plan_reply(spec: TaskSpec, catalog: Catalog, enabled: set[str], ctx: RankingContext,
+               buckets_root: Path) -> dict[str, Any]:
+    """The ranking of every offering that can run the task, each row marked enabled or
+    not, the placement the controller would launch first (``pick``: the ranking of the
+    enabled rows alone), and bucket problems as ``warnings``."""
+    deadline = spec.resources.job_recovery.deadline_hours is not None
+    candidates = match(spec, catalog, with_on_demand_twins=deadline)
+    if not candidates:
+        cloud = spec.resources.choices()[0].cloud
+        if cloud and cloud not in catalog.clouds():
+            known = ", ".join(sorted(catalog.clouds()))
+            raise SpecError(f"resources.cloud: {cloud!r} is not a cloud skyjobs knows "
+                            f"(known: {known})")
+        raise SpecError(explain_no_match(spec, catalog))
+    rows = []
+    for r in rank(candidates, ctx):
+        row = ranked_row(r)
+        placement = r.candidate.placement
+        quote = ctx.prices.quote(placement.offering, placement.use_spot, ctx.now) \
+            if ctx.prices is not None else Quote(placement.price_per_hour, "list")
+        if quote.price is not None:
+            row["price_per_hour"] = quote.price
+        row.update(price_status=quote.status, enabled=placement.cloud in enabled)
+        rows.append(row)
+    usable = [c for c in candidates if c.placement.cloud in enabled]
+    pick = ranked_row(rank(usable, ctx)[0]) if usable else None
+    # Submit refuses a local:// bucket for a task the controller could place elsewhere.
+    clouds_used = {c.placement.cloud for c in usable or candidates}
+    return {"strategy": spec.resources.strategy, "num_nodes": spec.num_nodes,
+            "enabled": sorted(enabled), "clouds": sorted(catalog.clouds()),
+            "candidates": rows, "pick": pick,
+            "warnings": bucket_problems(spec, enabled, buckets_root, clouds_used)}
+
+
+def cloud_readiness(name: str, provider: base.Provider, offerings: int) -> dict[str, Any]:
+    """One enabled cloud as ``GET /api/v1/clouds`` shows it. A provider that cannot launch
+    at all is refused at start (``NeedsPreparation``), so an enabled cloud passed that."""
+    prepared = base.ability(provider, base.NeedsPreparation) is not None
+    notes = []
+    if prepared:
+        notes.append("start-time checks passed (aws: an image for every region)")
+    if base.ability(provider, base.PriceSource) is not None:
+        notes.append("live spot prices")
+    if base.ability(provider, base.BucketChecker) is not None:
+        notes.append("checks buckets at submit")
+    if base.ability(provider, base.SimulatedMarket) is not None:
+        notes.append("simulated market")
+    ready = offerings > 0
+    if not ready:
+        notes.insert(0, "no offerings in the catalog: no job can be placed here")
+    return {"cloud": name, "ready": ready, "offerings": offerings, "notes": notes}

@@ -11,9 +11,16 @@ never read, logged or stored here. One client per region, created on first use a
 ``SKYJOBS_AWS_ENDPOINT_URL`` (or botocore's own ``AWS_ENDPOINT_URL``) points every client
 at another endpoint: the tests use a moto server on 127.0.0.1.
 
-Images: ``SKYJOBS_AWS_IMAGE_ID`` when set, else a public SSM parameter's current AMI
+Images: the task's ``image_id`` for the region when it gives one, else
+``SKYJOBS_AWS_IMAGE_ID`` when set, else a public SSM parameter's current AMI
 (``skyjobs/providers/aws_images.py``), resolved for every region by
 :meth:`AwsProvider.resolve_images` when the controller starts.
+
+What the task's chosen alternative asks for (docs/aws.md, "Task keys at launch"): ``labels``
+become instance and volume tags under ours; ``disk_size``/``disk_tier`` override the root
+volume of the image (its device name and size read once per image with DescribeImages, in
+parallel with the launch's own lookup); ``ports`` are checked against the configured security
+groups (DescribeSecurityGroups), never opened by us.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -53,6 +61,24 @@ LIVE_STATES = ("pending", "running", "stopping", "stopped")
 # When one tag matches several instances (someone launched by hand), report the liveliest.
 STATE_RANK = {"running": 0, "pending": 1, "stopping": 2, "stopped": 3, "shutting-down": 4,
               "terminated": 5}
+
+# disk_tier -> (root VolumeType, IOPS, gp3 throughput MiB/s). medium, high and ultra are
+# SkyPilot's figures (a YAML gets the same disk); low is gp3 at its free baseline rather than
+# SkyPilot's magnetic "standard" (previous generation: ~100 IOPS, at most 1 TiB, billed per
+# I/O); best is the highest tier, as in SkyPilot. Without disk_tier the image's own volume
+# type is kept. See docs/aws.md.
+DISK_TIERS: dict[str, tuple[str, int, int | None]] = {
+    "low": ("gp3", 3000, 125),
+    "medium": ("gp3", 3500, 218),
+    "high": ("gp3", 7000, 437),
+    "ultra": ("io2", 20000, None),
+    "best": ("io2", 20000, None),
+}
+GP3_BASELINE_IOPS = 3000
+# EBS allows at most 500 provisioned IOPS per GiB on gp3 (and io2 on instances without
+# Block Express); a small volume gets fewer IOPS instead of a refused launch.
+MAX_IOPS_PER_GB = 500
+MIN_IO2_IOPS = 100
 
 PriceKey = tuple[str, str, str]  # region, zone, instance type
 PriceRow = tuple[str, str, str, float, float]  # ... plus price $/h and when it was observed
@@ -175,6 +201,71 @@ def instance_info(instance_id: str, inst: Mapping[str, Any] | None) -> InstanceI
     return InstanceInfo(instance_id, state_now, base.LOST)
 
 
+@dataclass(frozen=True)
+class RootDevice:
+    """An image's root volume: its device name, and its size when the image says."""
+
+    name: str
+    size_gb: int | None
+
+
+def root_block_devices(req: LaunchRequest, root: RootDevice | None) -> list[dict[str, Any]]:
+    """BlockDeviceMappings for the root volume the task asks for ([] when it asks for
+    nothing: the image's own volume, as before these keys existed)."""
+    if req.disk_size_gb is None and req.disk_tier is None:
+        return []
+    if root is None:
+        raise ProviderError("root device of the image unknown (launch() reads it first)")
+    size = req.disk_size_gb or root.size_gb
+    ebs: dict[str, Any] = {"DeleteOnTermination": True}
+    if size:
+        ebs["VolumeSize"] = size
+    if req.disk_tier is not None:
+        if req.disk_tier not in DISK_TIERS:
+            raise FatalProviderError(f"resources.disk_tier: {req.disk_tier!r} is not one of "
+                                     f"{', '.join(DISK_TIERS)}")
+        volume_type, iops, throughput = DISK_TIERS[req.disk_tier]
+        if size:
+            iops = min(iops, MAX_IOPS_PER_GB * size)
+        iops = max(iops, GP3_BASELINE_IOPS if volume_type == "gp3" else MIN_IO2_IOPS)
+        ebs["VolumeType"] = volume_type
+        ebs["Iops"] = iops
+        if throughput is not None:
+            ebs["Throughput"] = min(throughput, iops // 4)  # gp3: at most 0.25 MiB/s per IOPS
+    return [{"DeviceName": root.name, "Ebs": ebs}]
+
+
+def _port_range(port: str) -> tuple[int, int]:
+    low, _, high = port.partition("-")
+    return int(low), int(high or low)
+
+
+def _covered(want: tuple[int, int], ranges: list[tuple[int, int]]) -> bool:
+    """Whether the union of ``ranges`` (inclusive) holds every port of ``want``."""
+    nxt, last = want
+    for low, high in sorted(ranges):
+        if low > nxt:
+            break
+        nxt = max(nxt, high + 1)
+        if nxt > last:
+            return True
+    return nxt > last
+
+
+def open_tcp_ranges(groups: list[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """The TCP port ranges some inbound rule of these groups admits, from any source (a
+    CIDR, a prefix list or another group: the operator's choice of who may connect)."""
+    out: list[tuple[int, int]] = []
+    for group in groups:
+        for perm in group.get("IpPermissions", []):
+            proto = str(perm.get("IpProtocol", ""))
+            if proto == "-1":
+                out.append((0, 65535))
+            elif proto in ("tcp", "6"):
+                out.append((int(perm.get("FromPort", 0)), int(perm.get("ToPort", 65535))))
+    return out
+
+
 class AwsProvider:
     name = "aws"
 
@@ -195,6 +286,9 @@ class AwsProvider:
         self.images = ImageResolver(self.config.explicit_image,
                                     self.config.image_ssm_parameter, self._get_parameter,
                                     ttl=self.config.image_ssm_ttl)
+        # (region, image) -> its root volume; an AMI id's block devices never change.
+        self._roots: dict[tuple[str, str], RootDevice] = {}
+        self._root_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -297,16 +391,76 @@ class AwsProvider:
         """The AMI a launch in ``region`` uses now (cached; see ``resolve_images``)."""
         return await self.images.image_for(region)
 
+    async def root_device(self, region: str, image: str, user_image: bool = False) -> RootDevice:
+        """The image's root volume (DescribeImages once per image; concurrent launches share
+        the call). ``user_image``: the id came from the task, and a wrong one says so."""
+        key = (region, image)
+        if key in self._roots:
+            return self._roots[key]
+        async with self._root_locks.setdefault(key, asyncio.Lock()):
+            if key not in self._roots:
+                try:
+                    reply = await self._call("ec2", region, "describe_images",
+                                             ImageIds=[image])
+                except ProviderError as err:
+                    if user_image and str(getattr(err, "aws_code", "")).startswith(
+                            "InvalidAMIID."):
+                        raise _bad_user_image(image, region, err) from None
+                    raise
+                images = reply.get("Images", [])
+                if not images:
+                    where = "resources.image_id" if user_image else "image"
+                    raise FatalProviderError(f"{where}: {image} is not an image of {region}")
+                self._roots[key] = _root_of(images[0], image)
+        return self._roots[key]
+
+    async def check_ports(self, region: str, ports: tuple[str, ...]) -> None:
+        """Fail fast unless the security groups a launch in ``region`` gets admit TCP on
+        every port: skyjobs never changes security groups, and without configured groups
+        (the VPC's default group, which admits only itself) nothing can be verified."""
+        if not ports:
+            return
+        wanted = ", ".join(ports)
+        groups = self.config.groups_for(region)
+        if not groups:
+            raise FatalProviderError(
+                f"ports: opening ports ({wanted}) needs a security group that allows them; "
+                f"set SKYJOBS_AWS_SECURITY_GROUP_IDS (sg-... or {region}=sg-...) to groups "
+                f"admitting TCP {wanted} (skyjobs does not change security groups)")
+        reply = await self._call("ec2", region, "describe_security_groups",
+                                 GroupIds=sorted(set(groups)))
+        ranges = open_tcp_ranges(reply.get("SecurityGroups", []))
+        missing = [p for p in ports if not _covered(_port_range(p), ranges)]
+        if missing:
+            raise FatalProviderError(
+                f"ports: security groups {', '.join(sorted(set(groups)))} in {region} do not "
+                f"allow TCP {', '.join(missing)}; add inbound rules for them or point "
+                "SKYJOBS_AWS_SECURITY_GROUP_IDS at groups that do (skyjobs does not change "
+                "security groups)")
+
     # --- Provider interface ----------------------------------------------------------------
 
     async def launch(self, req: LaunchRequest) -> list[InstanceInfo]:
         region = req.placement.region
         self._regions.add(region)
-        image = await self.images.image_for(region)  # before any EC2 call
+        # The task's image for this region, else ours (resolved before any EC2 call).
+        image = req.image_id or await self.images.image_for(region)
         # A replay finds the first try's instances; ClientToken covers what describe's
-        # eventual consistency may still hide.
-        existing = await self._find(region, list(req.instance_ids))
-        jobs = [self._launch_one(req, rank, iid, env, existing.get(iid), image)
+        # eventual consistency may still hide. The image's root volume (only when the task
+        # sizes the disk, once per image) and the ports check run alongside that lookup,
+        # so they add no round trip in series.
+        needs_root = req.disk_size_gb is not None or req.disk_tier is not None
+        existing, root, _ = await asyncio.gather(
+            self._find(region, list(req.instance_ids)),
+            self.root_device(region, image, bool(req.image_id)) if needs_root else _none(),
+            self.check_ports(region, req.ports))
+        if root is not None and req.disk_size_gb is not None and root.size_gb is not None \
+                and req.disk_size_gb < root.size_gb:
+            raise FatalProviderError(
+                f"resources.disk_size: {req.disk_size_gb} GB is smaller than the "
+                f"{root.size_gb} GB root volume of image {image} in {region}; ask for at "
+                f"least {root.size_gb}")
+        jobs = [self._launch_one(req, rank, iid, env, existing.get(iid), image, root)
                 for rank, (iid, env) in enumerate(zip(req.instance_ids, req.agent_env,
                                                       strict=True))]
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -316,14 +470,16 @@ class AwsProvider:
         return [r for r in results if isinstance(r, InstanceInfo)]
 
     async def _launch_one(self, req: LaunchRequest, rank: int, iid: str, env: dict[str, str],
-                          existing: Any, image: str) -> InstanceInfo:
+                          existing: Any, image: str, root: RootDevice | None) -> InstanceInfo:
         if existing is not None:
             return instance_info(iid, existing)
         region = req.placement.region
         try:
             reply = await self._call("ec2", region, "run_instances",
-                                     **self.run_params(req, rank, iid, env, image))
+                                     **self.run_params(req, rank, iid, env, image, root))
         except ProviderError as err:
+            if req.image_id and str(getattr(err, "aws_code", "")).startswith("InvalidAMIID."):
+                raise _bad_user_image(image, region, err) from None
             if not _is_code(err, "IdempotentParameterMismatch"):
                 raise
             # Same token, other parameters (a restarted controller's new URL): launched.
@@ -335,10 +491,13 @@ class AwsProvider:
         return instance_info(iid, reply["Instances"][0])
 
     def run_params(self, req: LaunchRequest, rank: int, iid: str, env: dict[str, str],
-                   image: str | None = None) -> dict[str, Any]:
+                   image: str | None = None, root: RootDevice | None = None) -> dict[str, Any]:
         p, cfg = req.placement, self.config
-        image = image or self.images.cached(p.region) or cfg.image_for(p.region)
-        tags = {**req.tags, TAG_INSTANCE: iid, TAG_RANK: str(rank), "Name": iid,
+        image = (image or req.image_id or self.images.cached(p.region)
+                 or cfg.image_for(p.region))
+        # The user's labels first: our own tags (which find, fence and sweep instances)
+        # always win a clash.
+        tags = {**req.labels, **req.tags, TAG_INSTANCE: iid, TAG_RANK: str(rank), "Name": iid,
                 "skyjobs-job": str(req.job_id), "skyjobs-attempt-id": str(req.attempt_id)}
         tag_list = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
         params: dict[str, Any] = {
@@ -353,6 +512,9 @@ class AwsProvider:
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list},
                                   {"ResourceType": "volume", "Tags": tag_list}],
         }
+        devices = root_block_devices(req, root or self._roots.get((p.region, image)))
+        if devices:
+            params["BlockDeviceMappings"] = devices
         if p.use_spot:
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
@@ -469,6 +631,33 @@ class AwsProvider:
     async def close(self) -> None:
         await self._stack.aclose()
         self._clients.clear()
+
+
+async def _none() -> None:
+    return None
+
+
+def _root_of(image: Mapping[str, Any], image_id: str) -> RootDevice:
+    """The root volume from a DescribeImages entry (RootDeviceName, its mapping's size)."""
+    if image.get("RootDeviceType") == "instance-store":
+        raise FatalProviderError(f"disk_size/disk_tier: image {image_id} boots from instance "
+                                 "store, not EBS; its root disk cannot be sized")
+    name = image.get("RootDeviceName")
+    if not name:
+        raise FatalProviderError(f"disk_size/disk_tier: image {image_id} names no root device")
+    size = None
+    for mapping in image.get("BlockDeviceMappings", []):
+        if mapping.get("DeviceName") == name:
+            size = mapping.get("Ebs", {}).get("VolumeSize")
+    return RootDevice(str(name), int(size) if size else None)
+
+
+def _bad_user_image(image: str, region: str, err: ProviderError) -> FatalProviderError:
+    code = getattr(err, "aws_code", "InvalidAMIID")
+    bad = FatalProviderError(f"resources.image_id: {image} is not an image this account can "
+                             f"launch in {region} ({code})")
+    bad.aws_code = code  # type: ignore[attr-defined]
+    return bad
 
 
 def _rank(inst: Mapping[str, Any]) -> int:

@@ -47,6 +47,14 @@ class LaunchRequest:
     # Per-node environment for the agent (controller URL, attempt credential, node rank).
     agent_env: list[dict[str, str]]
     tags: dict[str, str] = field(default_factory=dict)
+    # What the chosen resources alternative starts the instances with (see
+    # ``skyjobs.recovery.choice.choice_for``); the defaults are "as the provider sees fit".
+    image_id: str | None = None  # the user's image for this region, else the provider's
+    disk_size_gb: int | None = None  # boot disk size, else the image's
+    disk_tier: str | None = None  # low | medium | high | ultra | best, else the image's
+    ports: tuple[str, ...] = ()  # "8080" or "10000-10010", TCP, to be reachable
+    # The user's instance labels; a provider merges them under ``tags`` (ours win).
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class Provider(Protocol):

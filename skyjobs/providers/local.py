@@ -86,8 +86,13 @@ class LocalProvider:
         infos = []
         for instance_id, env in zip(req.instance_ids, req.agent_env, strict=True):
             directory = self.instances / instance_id
+            # What the task asked its instances be started with, for visibility only: a
+            # local instance is a process session, with no image, disk or ports to set.
             launch = {"instance_id": instance_id, "zone": req.placement.zone,
-                      "use_spot": req.placement.use_spot, "env": env, "tags": req.tags}
+                      "use_spot": req.placement.use_spot, "env": env, "tags": req.tags,
+                      "labels": req.labels, "image_id": req.image_id,
+                      "disk_size_gb": req.disk_size_gb, "disk_tier": req.disk_tier,
+                      "ports": list(req.ports)}
             await self._run(self._prepare, directory, launch)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "skyjobs.providers.local_instance", str(directory),
