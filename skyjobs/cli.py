@@ -19,8 +19,9 @@ import click
 from skyjobs.client import Client, connect
 from skyjobs.config import default_state_dir
 from skyjobs.exceptions import ApiError, ControllerUnavailableError, SkyjobsError
+from skyjobs.pipeline import load_pipeline, pipeline_from_documents, task_source
 from skyjobs.render import event_line, fmt_duration, fmt_time, table
-from skyjobs.spec import load_task_document, parse_task
+from skyjobs.spec import load_task_document
 from skyjobs.states import TERMINAL
 from skyjobs.submission import build_archive, raw_task
 
@@ -166,7 +167,10 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...],
            detach: bool, yes: bool) -> None:
     """Submit a task YAML; prints the job id (the first id of a job array).
 
-    With no controller configured or reachable, starts a local one in the background.
+    A file of several tasks (YAML documents separated by ---, optionally a first document
+    with only name:) is a pipeline: one job whose tasks run in order, each on its own
+    placement. With no controller configured or reachable, starts a local one in the
+    background.
     """
     if follow and detach:
         raise click.UsageError("--follow and --detach are opposites")
@@ -174,18 +178,25 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...],
         raise click.UsageError("--follow streams one job; follow an array's jobs one by one")
     overrides = _parse_envs(envs, env_file)
     secret_values = _parse_envs(secrets, flag="--secret")
-    spec, document = load_task_document(file)
-    document = _apply_overrides(document, secret_values, gpus, cloud, use_spot)
+    pipeline = load_pipeline(file)
+    documents = [_apply_overrides(d, secret_values, gpus, cloud, use_spot)
+                 for d in pipeline.documents]
     if secret_values or gpus or cloud or use_spot is not None:
-        spec = parse_task(document, source=str(file), base_dir=file.parent)
-    spec.with_env_overrides(overrides)  # the controller checks again; fail before autostart
-    archive = build_archive(spec)
+        pipeline = pipeline_from_documents(documents, str(file), file.resolve().parent)
+    for spec in pipeline.tasks:  # the controller checks again; fail before autostart
+        spec.with_env_overrides(overrides)
+    archives = [build_archive(spec) for spec in pipeline.tasks]
+    body: dict[str, Any] = {"source": str(file), "name": name or pipeline.name,
+                            "envs": overrides, "num_jobs": num_jobs}
+    if pipeline.is_pipeline:
+        body.update(tasks=[raw_task(d) for d in documents], archives=archives)
+    else:
+        body.update(task=raw_task(documents[0]), archive=archives[0])
     client = obj.client(autostart=True)
-    reply = client.post("/api/v1/jobs", {
-        "task": raw_task(document), "source": str(file), "name": name, "envs": overrides,
-        "archive": archive, "num_jobs": num_jobs})
-    for line in spec.notes(str(file)):
-        click.echo(f"note: {line}", err=True)
+    reply = client.post("/api/v1/jobs", body)
+    for i, spec in enumerate(pipeline.tasks):
+        for line in spec.notes(task_source(str(file), i, len(pipeline.tasks))):
+            click.echo(f"note: {line}", err=True)
     if num_jobs > 1:
         click.echo(" ".join(str(i) for i in reply["ids"]))
         click.echo(f"job array {reply['array_id']}: {num_jobs} jobs", err=True)
@@ -242,6 +253,8 @@ def status(obj: Ctx, job_id: int, as_json: bool) -> None:
     click.echo(f"job {j['id']} ({j['name']}): {j['status']}"
                + (f" - {j['reason']}" if j.get("reason") else ""))
     click.echo(f"  task id:     {j['task_id']}")
+    if j.get("tasks", 1) > 1:
+        click.echo(f"  pipeline:    task {j['current_task']} of {j['tasks']}")
     click.echo(f"  placement:   {j['placement'] or '-'}")
     click.echo(f"  recoveries:  {j['recoveries']}   restarts after errors: {j['restarts']}")
     click.echo(f"  submitted:   {fmt_time(j['submitted_at'])}   duration: "
@@ -250,11 +263,12 @@ def status(obj: Ctx, job_id: int, as_json: bool) -> None:
                f" saving ${j['saving']:.4f})")
     if j.get("exit_code") is not None:
         click.echo(f"  exit code:   {j['exit_code']}")
-    rows = [[str(a["n"]), a["placement"], a["status"], a["end_reason"] or "-",
-             fmt_time(a["created_at"]), f"${a['cost']:.4f}"] for a in j["attempt_list"]]
+    rows = [[str(a["n"]), str(a.get("task", 1)), a["placement"], a["status"],
+             a["end_reason"] or "-", fmt_time(a["created_at"]), f"${a['cost']:.4f}"]
+            for a in j["attempt_list"]]
     if rows:
-        click.echo(table(rows, ["ATTEMPT", "PLACEMENT", "STATUS", "ENDED BY", "LAUNCHED",
-                                 "COST"]))
+        click.echo(table(rows, ["ATTEMPT", "TASK", "PLACEMENT", "STATUS", "ENDED BY",
+                                 "LAUNCHED", "COST"]))
 
 
 @main.command()
@@ -303,10 +317,26 @@ def _follow_logs(client: Client, job_id: int, attempt: int | None, follow: bool 
               help="Only this attempt (default: every attempt in order).")
 @click.option("--node", type=click.IntRange(0), default=0, show_default=True,
               help="Node rank.")
+@click.option("--task", type=click.IntRange(1), default=None,
+              help="A pipeline's task: only its attempts (1 is the first task).")
 @pass_ctx
-def logs(obj: Ctx, job_id: int, follow: bool, attempt: int | None, node: int) -> None:
+def logs(obj: Ctx, job_id: int, follow: bool, attempt: int | None, node: int,
+         task: int | None) -> None:
     """Print a job's logs; every attempt's logs are kept."""
-    _follow_logs(obj.client(), job_id, attempt, follow=follow, rank=node)
+    client = obj.client()
+    if task is None or attempt is not None:
+        _follow_logs(client, job_id, attempt, follow=follow, rank=node)
+        return
+    job = client.get(f"/api/v1/jobs/{job_id}")
+    if not 1 <= task <= job.get("tasks", 1):
+        raise click.BadParameter(f"job {job_id} has {job.get('tasks', 1)} task(s)",
+                                 param_hint="--task")
+    mine = [a["n"] for a in job["attempt_list"] if a.get("task", 1) == task]
+    for n in mine:
+        click.echo(f"=== task {task}, attempt {n} ===")
+        # Only the task's last attempt, while the job is still on it, can grow.
+        live = follow and n == mine[-1] and job.get("current_task") == task
+        _follow_logs(client, job_id, n, follow=live, rank=node)
 
 
 @main.command()

@@ -32,7 +32,8 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("SKYJOBS_STATE_DIR", DEFAULT_STATE_DIR)).expanduser()
 
 
-WEBHOOK_EVENTS = ("recovering", "recovered", "succeeded", "failed", "cancelled", "all")
+WEBHOOK_EVENTS = ("recovering", "recovered", "succeeded", "failed", "cancelled", "task_done",
+                  "all")
 
 
 class WebhookConfig(BaseModel):

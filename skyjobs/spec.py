@@ -73,6 +73,7 @@ MAX_EXIT_CODES = 256
 MAX_NAME_CHARS = 256
 # The document itself: a task is a few dozen values a handful of levels deep.
 MAX_TASK_BYTES = 1 << 20
+MAX_PIPELINE_DOCUMENTS = 65  # a pipeline's tasks, plus its optional name document
 MAX_DEPTH = 32
 MAX_VALUES = 100_000
 MAX_DISK_GB = 64 * 1024  # the largest single boot disk AWS or GCP offer (64 TiB)
@@ -1144,8 +1145,28 @@ def parse_yaml(text: str, source: str = "task") -> Any:
         raise SpecError(f"{source}: invalid YAML: {_one_line(str(err))[:200]}") from None
 
 
-def read_task_document(path: str | Path) -> Any:
-    """Read a task file and parse its YAML (not yet validated as a task)."""
+def parse_yaml_documents(text: str, source: str = "task") -> list[Any]:
+    """Every YAML document in text (a pipeline: documents separated by ``---``); problems
+    are one SpecError line, as in parse_yaml."""
+    try:
+        docs = []
+        for doc in yaml.load_all(text, Loader=_TaskLoader):  # noqa: S506 - a SafeLoader
+            docs.append(doc)
+            if len(docs) > MAX_PIPELINE_DOCUMENTS:
+                raise SpecError(f"{source}: more than {MAX_PIPELINE_DOCUMENTS - 1} tasks")
+        return docs
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "malformed YAML"
+        raise SpecError(f"{source}: invalid YAML{where}: {_one_line(problem)}") from None
+    except (ValueError, TypeError, OverflowError, AttributeError, LookupError,
+            RecursionError) as err:
+        raise SpecError(f"{source}: invalid YAML: {_one_line(str(err))[:200]}") from None
+
+
+def read_task_text(path: str | Path) -> str:
+    """A task file's text: bounded in size, UTF-8, one clear line when unreadable."""
     p = Path(path)
     try:
         with open(p, "rb") as fh:
@@ -1157,10 +1178,14 @@ def read_task_document(path: str | Path) -> Any:
     if len(raw) > MAX_TASK_BYTES:
         raise SpecError(f"{p}: larger than {MAX_TASK_BYTES >> 20} MiB; not a task file")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError(f"{p}: not a UTF-8 text file") from None
-    return parse_yaml(text, str(p))
+
+
+def read_task_document(path: str | Path) -> Any:
+    """Read a task file and parse its YAML (not yet validated as a task)."""
+    return parse_yaml(read_task_text(path), str(Path(path)))
 
 
 def load_task(path: str | Path) -> TaskSpec:

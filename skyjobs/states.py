@@ -36,7 +36,9 @@ TRANSITIONS: dict[JobStatus | None, frozenset[JobStatus]] = {
     # a migration to a better one is under way.
     _J.PROVISIONING: frozenset({_J.RUNNING, _J.RECOVERING, _J.SUCCEEDED, _J.FAILED,
                                 _J.FAILED_NO_RESOURCE, _J.CANCELLING}),
-    _J.RUNNING: frozenset({_J.SUCCEEDED, _J.FAILED, _J.RECOVERING, _J.CANCELLING}),
+    # RUNNING -> PROVISIONING: a pipeline's task succeeded; its next task is launched.
+    _J.RUNNING: frozenset({_J.SUCCEEDED, _J.FAILED, _J.RECOVERING, _J.CANCELLING,
+                           _J.PROVISIONING}),
     # RECOVERING -> RUNNING: a migration abandoned before any replacement was launched.
     _J.RECOVERING: frozenset({_J.PROVISIONING, _J.RUNNING, _J.SUCCEEDED, _J.FAILED,
                               _J.FAILED_NO_RESOURCE, _J.CANCELLING}),

@@ -37,6 +37,7 @@ from skyjobs.exceptions import (
     SpecError,
 )
 from skyjobs.fsutil import atomic_write
+from skyjobs.pipeline import task_source
 from skyjobs.providers.base import BucketChecker, SimulatedMarket, ability
 from skyjobs.recovery.placement import match, require_candidates
 from skyjobs.spec import MAX_NAME_CHARS, MAX_NODES, TaskSpec, check_document, parse_task
@@ -48,6 +49,7 @@ MAX_ARCHIVE_BYTES = 100 * 1024 * 1024
 MAX_LOG_CHUNK = 1 << 20
 MAX_CANCEL_IDS = 10_000
 MAX_ARRAY_JOBS = 1000
+MAX_PIPELINE_TASKS = 64
 # Every integer from a request fits SQLite's signed 64-bit integer and a file offset.
 INT64_MAX = 2**63 - 1
 EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)
@@ -172,10 +174,62 @@ async def _db(ctl: Services, fn: Callable[P, T], *args: P.args, **kwargs: P.kwar
 # --- user API ------------------------------------------------------------------------------
 
 async def submit(request: web.Request) -> web.Response:
+    """One job, a job array (num_jobs), or a pipeline (tasks: its tasks in order, with
+    archives: each task's workdir archive). Everything is checked before anything is
+    stored."""
     ctl = request.app[CTL]
     body = await _json(request)
     source = _text(body.get("source"), "source", "task")
-    spec = parse_task(body.get("task"), source=source)
+    docs, encoded = _task_documents(body)
+    specs = [_checked_task(ctl, doc, body, task_source(source, i, len(docs)))
+             for i, doc in enumerate(docs)]
+    name = _text(body.get("name"), "name", specs[0].name or Path(source).stem or "job")
+    if len(name) > MAX_NAME_CHARS:
+        raise BadRequest(f"name must be at most {MAX_NAME_CHARS} characters")
+    num_jobs = body.get("num_jobs", 1)
+    if isinstance(num_jobs, bool) or not isinstance(num_jobs, int) \
+            or not 1 <= num_jobs <= MAX_ARRAY_JOBS:
+        raise BadRequest(f"num_jobs must be a whole number from 1 to {MAX_ARRAY_JOBS}")
+    stored = [spec.stored() for spec in specs]  # exactly what the runner validates again
+    for i, spec in enumerate(specs):
+        await _check_buckets(ctl, spec, task_source(source, i, len(specs)))
+    entries = [{"spec": st_spec, "archive": await _save_archive(ctl, archive),
+                "local_mounts": list(spec.local_mounts())}
+               for spec, st_spec, archive in zip(specs, stored, encoded, strict=True)]
+    task = {**entries[0], "tasks": entries} if len(entries) > 1 else entries[0]
+    has_archive = any(e["archive"] for e in entries)
+    ids = await _db(ctl, ctl.store.sync.create_jobs, name, task, has_archive, "sky",
+                    num_jobs, len(entries))
+    ctl.wake_webhooks()
+    for job_id in ids:
+        ctl.runners.start(job_id)
+    log.info("job submitted", job_id=ids[0], name=name, num_jobs=num_jobs, tasks=len(entries))
+    reply: dict[str, Any] = {"id": ids[0], "name": name, "status": st.PENDING,
+                             "tasks": len(entries)}
+    if num_jobs > 1:
+        reply.update(ids=ids, array_id=ids[0])
+    return web.json_response(reply, status=201)
+
+
+def _task_documents(body: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """(task documents, their archives): ``task`` + ``archive``, or a pipeline's ``tasks``
+    + ``archives``."""
+    if "tasks" not in body:
+        return [body.get("task")], [body.get("archive")]
+    if "task" in body or "archive" in body:
+        raise BadRequest("give task (one task) or tasks (a pipeline), not both")
+    tasks, archives = body["tasks"], body.get("archives")
+    if not isinstance(tasks, list) or not 1 <= len(tasks) <= MAX_PIPELINE_TASKS:
+        raise BadRequest(f"tasks must be a list of 1 to {MAX_PIPELINE_TASKS} tasks")
+    if archives is None:
+        archives = [None] * len(tasks)
+    if not isinstance(archives, list) or len(archives) != len(tasks):
+        raise BadRequest("archives must be a list with one entry (or null) per task")
+    return tasks, archives
+
+
+def _checked_task(ctl: Services, doc: Any, body: dict[str, Any], source: str) -> TaskSpec:
+    spec = parse_task(doc, source=source)
     if body.get("envs") is not None:
         spec = spec.with_env_overrides(body["envs"], source="envs")
     missing = spec.missing_values()
@@ -185,27 +239,7 @@ async def submit(request: web.Request) -> web.Response:
         require_candidates(spec, ctl.catalog)
     except SpecError as err:
         raise SpecError(f"{source}: {err}") from None
-    name = _text(body.get("name"), "name", spec.name or Path(source).stem or "job")
-    if len(name) > MAX_NAME_CHARS:
-        raise BadRequest(f"name must be at most {MAX_NAME_CHARS} characters")
-    num_jobs = body.get("num_jobs", 1)
-    if isinstance(num_jobs, bool) or not isinstance(num_jobs, int) \
-            or not 1 <= num_jobs <= MAX_ARRAY_JOBS:
-        raise BadRequest(f"num_jobs must be a whole number from 1 to {MAX_ARRAY_JOBS}")
-    stored = spec.stored()  # exactly what the runner will validate again
-    await _check_buckets(ctl, spec, source)
-    archive = await _save_archive(ctl, body.get("archive"))
-    task = {"spec": stored, "archive": archive, "local_mounts": list(spec.local_mounts())}
-    ids = await _db(ctl, ctl.store.sync.create_jobs, name, task, archive is not None, "sky",
-                    num_jobs)
-    ctl.wake_webhooks()
-    for job_id in ids:
-        ctl.runners.start(job_id)
-    log.info("job submitted", job_id=ids[0], name=name, num_jobs=num_jobs)
-    reply: dict[str, Any] = {"id": ids[0], "name": name, "status": st.PENDING}
-    if num_jobs > 1:
-        reply.update(ids=ids, array_id=ids[0])
-    return web.json_response(reply, status=201)
+    return spec
 
 
 async def _check_buckets(ctl: Services, spec: TaskSpec, source: str) -> None:
@@ -533,7 +567,7 @@ async def agent_archive(request: web.Request) -> web.StreamResponse:
     ctl = request.app[CTL]
     attempt = await _attempt(request)
     job = await _db(ctl, ctl.store.sync.get_job, attempt.job_id)
-    digest = job.task.get("archive")
+    digest = job.task_entry(attempt.task_index).get("archive")
     if not digest:
         raise NotFoundError("this job has no workdir archive")
     return web.FileResponse(ctl.state_dir / "archives" / f"{digest}.tar.gz")

@@ -4,8 +4,9 @@ Fields: ``schema``, ``idempotency_key`` (stable across retries: receivers dedupl
 ``event`` (recovering, recovered, succeeded, failed, cancelled, or transition), ``job``
 (``id``, ``name``, ``task_id``), ``from``, ``to``, ``reason``, ``exit_code``, ``placement``,
 ``attempt``, ``recovery_count``, ``cost_so_far`` and ``saving_so_far`` (USD, against the same
-node-hours on-demand), ``time`` (ISO 8601 UTC) and ``at``
-(epoch seconds). Secrets are never part of it.
+node-hours on-demand), ``task`` (a pipeline's task, 1-based, and ``tasks``, how many; 1 and 1
+for a plain job), ``time`` (ISO 8601 UTC) and ``at`` (epoch seconds). Secrets are never part
+of it. The event ``task_done``: a pipeline's task succeeded and the next one starts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def event_name(frm: str | None, to: str | None, recovery_count: int) -> str:
         return "failed"
     if to == "CANCELLED":
         return "cancelled"
+    if frm == "RUNNING" and to == "PROVISIONING":
+        return "task_done"
     return "transition"
 
 
@@ -34,7 +37,7 @@ def event_payload(*, event_id: int, hook: str, name: str, job_id: int, job_name:
                   task_id: str, frm: str | None, to: str | None, reason: str | None,
                   exit_code: int | None, attempt: int | None, placement: str | None,
                   recovery_count: int, cost: float, saving: float,
-                  at: float) -> dict[str, Any]:
+                  at: float, task: int = 1, tasks: int = 1) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "idempotency_key": f"skyjobs-{task_id}-event-{event_id}-{hook}",
@@ -42,6 +45,7 @@ def event_payload(*, event_id: int, hook: str, name: str, job_id: int, job_name:
         "job": {"id": job_id, "name": job_name, "task_id": task_id},
         "from": frm, "to": to, "reason": reason, "exit_code": exit_code,
         "placement": placement, "attempt": attempt, "recovery_count": recovery_count,
+        "task": task, "tasks": tasks,
         "cost_so_far": round(cost, 6),
         "saving_so_far": round(saving, 6),
         "time": datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z"),

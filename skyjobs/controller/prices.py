@@ -29,7 +29,7 @@ class PricePoller:
         out: dict[str, set[Offering]] = {}
         jobs = await self.store.call(self.store.sync.list_jobs, sorted(LIVE), 1_000_000, 0)
         for job in jobs:
-            spec = TaskSpec.model_validate(job.task["spec"])
+            spec = TaskSpec.model_validate(job.task_entry()["spec"])
             for cand in match(spec, self.catalog, with_on_demand_twins=True):
                 if cand.placement.use_spot or cand.placement.offering.spot_price is not None:
                     out.setdefault(cand.placement.cloud, set()).add(cand.placement.offering)

@@ -99,7 +99,7 @@ def migration_source(snap: st.Snapshot) -> st.Attempt | None:
     current = snap.job.current_attempt
     # Before the replacement is launched the job is RECOVERING and the attempt being left is
     # still the current one; a recovery proper always has a notice or an ended attempt.
-    return next((a for a in snap.attempts if a.status != AttemptStatus.ENDED
+    return next((a for a in snap.task_attempts if a.status != AttemptStatus.ENDED
                  and a.notice_at is None
                  and (a.id != current or snap.job.status == JobStatus.RECOVERING)), None)
 
@@ -118,7 +118,7 @@ class JobRunner:
         self.log = log.bind(job_id=job_id)
         self.tried: set[tuple[str, str, str, bool]] = set()
         self._last_deadline_check = time.time()
-        self._task_spec: TaskSpec | None = None
+        self._task_spec: tuple[int, TaskSpec] | None = None  # (task index, its spec)
 
     def post(self, msg: Message) -> None:
         self.inbox.put_nowait(msg)
@@ -170,14 +170,15 @@ class JobRunner:
 
     def _spec(self, job: st.Job) -> TaskSpec:
         # A job's task never changes: validate it once per runner, not on every step.
-        if self._task_spec is None:
-            self._task_spec = TaskSpec.model_validate(job.task["spec"])
-        return self._task_spec
+        if self._task_spec is None or self._task_spec[0] != job.task_index:
+            spec = TaskSpec.model_validate(job.task_entry()["spec"])
+            self._task_spec = (job.task_index, spec)
+        return self._task_spec[1]
 
     async def _provision(self, snap: st.Snapshot) -> None:
         job = snap.job
         spec = self._spec(job)
-        ctx = ranking_context(self.sv, spec, job, snap.attempts, time.time())
+        ctx = ranking_context(self.sv, spec, job, snap.task_attempts, time.time())
         source = migration_source(snap)
         fresh = [r for r in ranked_candidates(self.sv, spec, ctx)
                  if self._key(r.candidate.placement) not in self.tried
@@ -195,6 +196,8 @@ class JobRunner:
         placement = choice.candidate.placement
         reason = {JobStatus.PENDING: "first launch", JobStatus.RECOVERING: "recovery"}.get(
             job.status, "next candidate")
+        if job.task_count > 1 and not snap.task_attempts:
+            reason = f"task {job.task_index + 1}/{job.task_count}"
         if source is not None and job.status == JobStatus.RECOVERING:
             reason = "migration"
         attempt: st.Attempt = await self._db(
@@ -340,7 +343,7 @@ class JobRunner:
                                         "instances did not come up before provision_timeout",
                                         [self._remember(placement, "no_capacity")])
             return
-        failures = 1 + agent_failure_streak(snap.attempts, attempt.id)
+        failures = 1 + agent_failure_streak(snap.task_attempts, attempt.id)
         info = (f"the agent never reported on running instance {up[0]} within "
                 f"provision_timeout ({self.sv.config.provision_timeout:g}s)")
         await self._give_up_attempt(job, attempt, EndReason.AGENT_FAILED, info)
@@ -390,18 +393,42 @@ class JobRunner:
             return False
         spec = self._spec(job)
         verdict = decide.after_exit(outcome, spec.resources.job_recovery, job.restart_count)
-        if verdict.action == decide.SUCCEED:
+        if verdict.action == decide.SUCCEED and job.task_index + 1 < job.task_count:
+            await self._next_task(snap, attempt)
+        elif verdict.action == decide.SUCCEED:
             await self._finish(job, attempt, JobStatus.SUCCEEDED, EndReason.SUCCEEDED,
-                               verdict.reason, 0)
+                               self._in_task(job, verdict.reason), 0)
         elif verdict.action == decide.FAIL:
-            await self._finish(job, attempt, JobStatus.FAILED, EndReason.FAILED, verdict.reason,
-                               outcome.exit_code)
+            # A failed task fails its pipeline: the tasks after it never start.
+            await self._finish(job, attempt, JobStatus.FAILED, EndReason.FAILED,
+                               self._in_task(job, verdict.reason), outcome.exit_code)
         elif verdict.action == decide.PREEMPTED:
             await self._recover(job, attempt, EndReason.PREEMPTED, verdict.reason)
         else:
             await self._recover(job, attempt, EndReason.FAILED, verdict.reason,
                                 exit_code=outcome.exit_code, restart=verdict.uses_budget)
         return True
+
+    @staticmethod
+    def _in_task(job: st.Job, reason: str) -> str:
+        """A reason, with the task it is about when the job is a pipeline."""
+        return f"task {job.task_index + 1}/{job.task_count}: {reason}" \
+            if job.task_count > 1 else reason
+
+    async def _next_task(self, snap: st.Snapshot, attempt: st.Attempt) -> None:
+        """A pipeline's task succeeded: end its attempts and start the next task."""
+        job = snap.job
+        await self._db(self.s.next_task, job.id, attempt.id,
+                       f"task {job.task_index + 1}/{job.task_count} succeeded; starting task "
+                       f"{job.task_index + 2}", self._exposure(attempt))
+        self.sv.wake_webhooks()
+        for other in snap.task_attempts:
+            if other.id != attempt.id and other.status != AttemptStatus.ENDED:
+                await self._db(self.s.end_attempt, job.id, other.id, EndReason.SUPERSEDED,
+                               None, "its task succeeded on another attempt")
+        fresh: st.Snapshot = await self._db(self.s.snapshot, self.job_id)
+        await self._release_all(fresh.attempts)
+        self.tried.clear()
 
     # --- migration back to spot (deadline-aware jobs on on-demand) -----------------------------
 
@@ -414,7 +441,7 @@ class JobRunner:
         """Ask the same policy the simulator replays whether the slack allows spot again;
         if so, start moving: the on-demand attempt runs until its replacement is ready."""
         spec = self._spec(snap.job)
-        ctx = ranking_context(self.sv, spec, snap.job, snap.attempts, time.time())
+        ctx = ranking_context(self.sv, spec, snap.job, snap.task_attempts, time.time())
         ctx.running = True
         candidates = match(spec, self.sv.catalog, with_on_demand_twins=True)
         spot = [c for c in candidates if c.placement.use_spot]
@@ -528,6 +555,9 @@ class JobRunner:
 
     async def _source_finished(self, snap: st.Snapshot, a: st.Attempt) -> None:
         """The job completed on the placement it was leaving: it succeeded there."""
+        if snap.job.task_index + 1 < snap.job.task_count:
+            await self._next_task(snap, a)
+            return
         await self._db(self.s.transition, snap.job.id, JobStatus.SUCCEEDED,
                        "all nodes exited with 0 (before the move finished)", exit_code=0,
                        end_attempt=(a.id, EndReason.SUCCEEDED), zone_events=self._exposure(a),

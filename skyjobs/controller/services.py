@@ -82,7 +82,7 @@ class Services:
                "SKYJOBS_AGENT_TOKEN": self.sessions.agent_token(attempt.id)}
         placement = self.placement_of(attempt)
         try:
-            spec = TaskSpec.model_validate(job.task["spec"])
+            spec = TaskSpec.model_validate(job.task_entry(attempt.task_index)["spec"])
         except (KeyError, TypeError, ValidationError) as err:
             # Stored specs were validated at submit; one that no longer reads cannot say
             # what to launch with, and a retry will not change that.

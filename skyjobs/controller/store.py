@@ -171,6 +171,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN array_rank INTEGER;
     CREATE INDEX jobs_array ON jobs(array_id);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN task_index INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN task_count INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE attempts ADD COLUMN task_index INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -194,6 +199,17 @@ class Job:
     launch_rounds: int  # rounds in a row in which no candidate had capacity
     array_id: int | None  # a job array (submit --num-jobs): the id of its first job
     array_rank: int | None  # this job's SKYPILOT_JOB_RANK in the array
+    task_index: int  # a pipeline's task now running (0-based); 0 for a one-task job
+    task_count: int
+
+
+    def task_entry(self, index: int | None = None) -> dict[str, Any]:
+        """One task of the job as stored: {"spec", "archive", "local_mounts"}. A pipeline
+        keeps one per task under "tasks"; a one-task job is its own entry."""
+        tasks = self.task.get("tasks")
+        if not tasks:
+            return self.task
+        return dict(tasks[self.task_index if index is None else index])
 
 
 @dataclass(frozen=True)
@@ -219,6 +235,7 @@ class Attempt:
     notice_deadline: float | None
     released: bool
     ondemand_price: float | None  # what the same node-hours cost on-demand, for the saving
+    task_index: int  # which of its pipeline's tasks this attempt runs
 
     def node_hours(self, until: float) -> float:
         return node_hours(self.created_at, self.ended_at, self.num_nodes, until)
@@ -250,6 +267,11 @@ class Snapshot:
     attempts: list[Attempt]
     current: Attempt | None
     nodes: dict[int, tuple[NodePhase, int | None]]
+
+    @property
+    def task_attempts(self) -> list[Attempt]:
+        """The attempts of the task now running (a pipeline's earlier tasks are done)."""
+        return [a for a in self.attempts if a.task_index == self.job.task_index]
 
 
 ZoneEvent = tuple[Placement, str, float]  # (placement, kind, value) for preemption memory
@@ -328,7 +350,7 @@ class SyncStore:
         return self.create_jobs(name, task, has_archive, task_id_prefix, 1)[0]
 
     def create_jobs(self, name: str, task: dict[str, Any], has_archive: bool,
-                    task_id_prefix: str, count: int) -> list[int]:
+                    task_id_prefix: str, count: int, task_count: int = 1) -> list[int]:
         """One job, or a job array of ``count`` (ranks 0..count-1, all or none stored)."""
         now = time.time()
         ids: list[int] = []
@@ -341,8 +363,9 @@ class SyncStore:
                 job_id = int(cur.lastrowid or 0)
                 ids.append(job_id)
                 array = (ids[0], rank) if count > 1 else (None, None)
-                c.execute("UPDATE jobs SET task_id=?, array_id=?, array_rank=? WHERE id=?",
-                          (f"{task_id_prefix}-{job_id}", *array, job_id))
+                c.execute("UPDATE jobs SET task_id=?, array_id=?, array_rank=?, task_count=?"
+                          " WHERE id=?", (f"{task_id_prefix}-{job_id}", *array, task_count,
+                                          job_id))
                 reason = f"submitted (array {ids[0]}, rank {rank})" if count > 1 \
                     else "submitted"
                 self._event(c, job_id, "transition", None, PENDING, reason, now=now)
@@ -401,8 +424,8 @@ class SyncStore:
                  attempt: int | None, placement: str | None, at: float) -> None:
         """Queue webhook deliveries in the transition's own transaction: a transition is
         never recorded without its notifications, nor notified without being recorded."""
-        job = c.execute("SELECT name, task_id, recovery_count FROM jobs WHERE id=?",
-                        (job_id,)).fetchone()
+        job = c.execute("SELECT name, task_id, recovery_count, task_index, task_count"
+                        " FROM jobs WHERE id=?", (job_id,)).fetchone()
         name = payloads.event_name(frm, to, job["recovery_count"])
         cost, on_demand = c.execute(
             "SELECT COALESCE(SUM(h * price_per_hour), 0),"
@@ -423,7 +446,10 @@ class SyncStore:
                 event_id=event_id, hook=hook, name=name, job_id=job_id, job_name=job["name"],
                 task_id=job["task_id"], frm=frm, to=to, reason=reason, exit_code=exit_code,
                 attempt=attempt, placement=placement, recovery_count=job["recovery_count"],
-                cost=cost, saving=on_demand - cost, at=at)
+                cost=cost, saving=on_demand - cost, at=at,
+                # task_done names the task that finished, whose index has just moved on.
+                task=job["task_index"] + (0 if name == "task_done" else 1),
+                tasks=job["task_count"])
             c.execute("INSERT INTO outbox(job_id, event_id, hook, payload, next_at, created_at)"
                       " VALUES (?, ?, ?, ?, ?, ?)", (job_id, event_id, hook, json.dumps(body),
                                                      at, at))
@@ -524,7 +550,7 @@ class SyncStore:
         """
         now = time.time()
         with self._tx() as c:
-            job = c.execute("SELECT status, attempt_count FROM jobs WHERE id=?",
+            job = c.execute("SELECT status, attempt_count, task_index FROM jobs WHERE id=?",
                             (job_id,)).fetchone()
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
@@ -532,11 +558,12 @@ class SyncStore:
             ids = [f"{id_prefix}-{job_id}-{n}-{rank}" for rank in range(num_nodes)]
             cur = c.execute(
                 "INSERT INTO attempts(job_id, n, status, cloud, region, zone, instance_type,"
-                " use_spot, price_per_hour, num_nodes, instance_ids, created_at, ondemand_price)"
-                " VALUES (?, ?, 'launching', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " use_spot, price_per_hour, num_nodes, instance_ids, created_at, ondemand_price,"
+                " task_index) VALUES (?, ?, 'launching', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, n, placement.cloud, placement.region, placement.zone,
                  placement.instance_type, int(placement.use_spot), placement.price_per_hour,
-                 num_nodes, json.dumps(ids), now, placement.offering.ondemand_price))
+                 num_nodes, json.dumps(ids), now, placement.offering.ondemand_price,
+                 job["task_index"]))
             attempt_id = int(cur.lastrowid or 0)
             updates = {"attempt_count": n, "current_attempt": attempt_id}
             if job["status"] == PROVISIONING:
@@ -654,6 +681,32 @@ class SyncStore:
             c.execute("UPDATE attempts SET notice_deadline=NULL WHERE id=?", (source_id,))
             n = c.execute("SELECT n FROM attempts WHERE id=?", (source_id,)).fetchone()[0]
             self._event(c, job_id, "transition", previous, RUNNING, reason, attempt=n)
+
+    def next_task(self, job_id: int, attempt_id: int, reason: str,
+                  zone_events: list[ZoneEvent] | None = None) -> None:
+        """A pipeline's task succeeded on this attempt: end the attempt and move the job on
+        to its next task (PROVISIONING, launched next), in one transaction. Per-task
+        budgets (restarts on errors, no-capacity rounds) start over; recoveries add up."""
+        now = time.time()
+        with self._tx() as c:
+            job = self._require_job(c, job_id)
+            if job["task_index"] + 1 >= job["task_count"]:
+                raise IllegalTransitionError(job_id, job["status"], PROVISIONING)
+            for event in zone_events or ():
+                self._zone_event(c, *event, now=now)
+            n, label = self._end_attempt(c, job_id, attempt_id, EndReason.SUCCEEDED, 0, now)
+            updates = {"task_index": job["task_index"] + 1, "restart_count": 0,
+                       "launch_rounds": 0, "reason": reason}
+            if job["status"] == PROVISIONING:  # it finished while moving (a migration)
+                sets = ", ".join(f"{k}=?" for k in updates)
+                c.execute(f"UPDATE jobs SET {sets}, updated_at=? WHERE id=?",
+                          (*updates.values(), now, job_id))
+                self._event(c, job_id, "info", None, None, reason, 0, n, label, now)
+                return
+            previous = self._cas(c, job_id, PROVISIONING,
+                                 frozenset({RUNNING, RECOVERING}), updates, now)
+            self._event(c, job_id, "transition", previous, PROVISIONING, reason, 0, n, label,
+                        now)
 
     def set_drain_deadline(self, attempt_id: int, deadline: float) -> None:
         with self._tx() as c:

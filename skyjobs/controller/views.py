@@ -50,6 +50,7 @@ def job_summary(ctl: Services, job: st.Job, attempts: list[st.Attempt],
         "saving": round(on_demand - cost, 6),
         "exit_code": job.exit_code, "reason": job.reason,
         "array_id": job.array_id, "array_rank": job.array_rank,
+        "current_task": job.task_index + 1, "tasks": job.task_count,
     }
 
 
@@ -62,7 +63,10 @@ def job_detail(ctl: Services, job: st.Job, attempts: list[st.Attempt],
                now: float) -> dict[str, Any]:
     out = job_summary(ctl, job, attempts, now)
     out["task_id"] = job.task_id
-    out["task"] = redacted_spec(job.task["spec"])
+    out["task"] = redacted_spec(job.task_entry()["spec"])
+    if job.task_count > 1:
+        out["tasks_specs"] = [redacted_spec(job.task_entry(i)["spec"])
+                              for i in range(job.task_count)]
     out["attempt_list"] = [attempt_view(a, now) for a in attempts]
     return out
 
@@ -74,6 +78,7 @@ def attempt_view(a: st.Attempt, now: float) -> dict[str, Any]:
         "instances": a.instance_ids, "created_at": a.created_at, "running_at": a.running_at,
         "ended_at": a.ended_at, "end_reason": a.end_reason, "exit_code": a.exit_code,
         "notice_at": a.notice_at, "cost": round(a.cost(now), 6), "released": a.released,
+        "task": a.task_index + 1,
     }
 
 
@@ -98,7 +103,8 @@ def price_row(o: Offering, quote: Quote) -> dict[str, Any]:
 
 def agent_task(ctl: Services, job: st.Job, attempt: st.Attempt,
                infos: dict[str, base.InstanceInfo]) -> dict[str, Any]:
-    spec = job.task["spec"]
+    entry = job.task_entry(attempt.task_index)
+    spec = entry["spec"]
     offering = ctl.offering_of(attempt.cloud, attempt.zone, attempt.instance_type)
     cfg = ctl.config
     buckets = [{"target": target, "source": m["source"], "mode": m["mode"],
@@ -113,8 +119,8 @@ def agent_task(ctl: Services, job: st.Job, attempt: st.Attempt,
         "gpus_per_node": offering.accelerator_count if offering else 0,
         "envs": {**spec["envs"], **spec["secrets"]},
         "setup": spec.get("setup"), "run": spec.get("run"),
-        "has_archive": bool(job.task.get("archive")),
-        "local_mounts": job.task.get("local_mounts", []),
+        "has_archive": bool(entry.get("archive")),
+        "local_mounts": entry.get("local_mounts", []),
         "buckets": buckets,
         "heartbeat_interval": cfg.heartbeat_interval,
         "notice_poll_interval": cfg.notice_poll_interval,

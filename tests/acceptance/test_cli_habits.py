@@ -118,3 +118,23 @@ def test_cancel_and_queue_by_name(state: Path, tmp_path: Path) -> None:
     assert str(jobs(state, "-s", "CANCELLED")[0]["id"]) == drop and keep != drop
     usage = cli(state, "cancel", "1", "--name", "x")
     assert usage.returncode == 2 and "one of them" in usage.stderr
+
+
+def test_a_pipeline_file_from_the_cli(state: Path, tmp_path: Path) -> None:
+    path = tmp_path / "pipe.yaml"
+    path.write_text("name: two-steps\n---\nresources: {cloud: local, cpus: 2}\n"
+                    "run: echo first-step\n---\nresources: {cloud: local, cpus: 2}\n"
+                    "run: echo second-step\n")
+    r = cli(state, "submit", str(path))
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip()
+    done = wait_done(state, job_id)
+    assert done["status"] == "SUCCEEDED" and done["name"] == "two-steps"
+    assert "pipeline:    task 2 of 2" in cli(state, "status", job_id).stdout
+    first = cli(state, "logs", job_id, "--task", "1").stdout
+    assert "first-step" in first and "second-step" not in first
+    assert "second-step" in cli(state, "logs", job_id, "--task", "2").stdout
+    bad = cli(state, "logs", job_id, "--task", "3")
+    assert bad.returncode == 2 and "has 2 task(s)" in bad.stderr
+    events = cli(state, "events", job_id).stdout
+    assert "task 1/2 succeeded; starting task 2" in events
