@@ -99,6 +99,9 @@ def _not_negative(ctx: click.Context, param: click.Parameter,
               callback=_not_negative)
 @click.option("--start-every-hours", type=float, default=6.0, show_default=True,
               callback=_positive)
+@click.option("--zone-cooldown-minutes", type=float, default=30.0, show_default=True,
+              callback=_not_negative,
+              help="The controller's zone cooldown after a preemption (config zone_cooldown).")
 @click.option("--nodes", type=int, help="Nodes per job [default: the traces' largest count].")
 @click.option("--no-bound", is_flag=True, help="Skip the omniscient bound (it is the slow part).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -106,7 +109,8 @@ def simulate(traces_dir: str, policies: tuple[str, ...], job_hours: float,
              deadline_hours: float | None, restart_minutes: float, checkpoint_minutes: float,
              notice_seconds: float, launch_fail_seconds: float | None,
              spot_price: float | None, prices_file: str | None, on_demand_price: float,
-             start_every_hours: float, nodes: int | None, no_bound: bool,
+             start_every_hours: float, zone_cooldown_minutes: float, nodes: int | None,
+             no_bound: bool,
              as_json: bool) -> None:
     """Replay placement policies over spot-capacity traces and compare their costs."""
     if spot_price is not None and prices_file is not None:
@@ -122,7 +126,8 @@ def simulate(traces_dir: str, policies: tuple[str, ...], job_hours: float,
         launch_fail_s=launch_fail_seconds,
         spot_price=spot_price if spot_price is not None else 0.97,
         spot_prices=load_price_file(prices_file) if prices_file else {},
-        ondemand_price=on_demand_price, nodes=nodes, start_every_hours=start_every_hours)
+        ondemand_price=on_demand_price, nodes=nodes, start_every_hours=start_every_hours,
+        zone_cooldown_s=zone_cooldown_minutes * 60)
     try:
         report = evaluate(load_traces(traces_dir), cfg, list(dict.fromkeys(names)),
                           with_bound=not no_bound)

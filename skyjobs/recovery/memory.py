@@ -105,6 +105,9 @@ class PreemptionMemory:
         self._regions: dict[RegionKey, dict[str, _Decaying]] = {}
         self._last: dict[tuple[MemoryKey, str], float] = {}
         self._records: list[MemoryRecord] = []
+        # Estimates asked again at the same time with no new record in between (a ranking
+        # asks for each candidate several times): the replay simulator's hot path.
+        self._cache: dict[tuple[MemoryKey, float], ZoneEstimate] = {}
 
     @classmethod
     def from_records(cls, records: Iterable[MemoryRecord],
@@ -124,6 +127,7 @@ class PreemptionMemory:
         if value < 0 or not math.isfinite(value) or not math.isfinite(t):
             raise SkyjobsError(f"memory record {kind} needs a finite value >= 0, got {value}")
         key = _norm(key)
+        self._cache.clear()
         for store in (self._zones.setdefault(key, {}),
                       self._regions.setdefault(_region(key), {})):
             for channel, half_life_attr in _CHANNELS[kind]:
@@ -174,8 +178,35 @@ class PreemptionMemory:
         return (base * c.prior_attempts + fails) / (c.prior_attempts + fails + oks)
 
     def estimate(self, key: MemoryKey, now: float) -> ZoneEstimate:
-        return ZoneEstimate(self.hazard_per_hour(key, now), self.p_no_capacity(key, now),
-                            self.long_run_no_capacity(key, now))
+        """All three estimates at once (what :meth:`hazard_per_hour`,
+        :meth:`p_no_capacity` and :meth:`long_run_no_capacity` return), memoised until the
+        next record."""
+        cached = self._cache.get((key, now))
+        if cached is not None:
+            return cached
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        if not key[4]:
+            est = ZoneEstimate(0.0, 0.0, 0.0)
+        else:
+            c = self.config
+            ev = self._evidence
+            hl, cap_hl, lr_hl = (c.hazard_half_life_s, c.capacity_half_life_s,
+                                 c.availability_half_life_s)
+            events = ev(key, "preemptions", hl, now)
+            hours = ev(key, "exposure_s", hl, now) / 3600.0
+            hazard = ((c.prior_hazard_per_hour * c.prior_exposure_hours + events)
+                      / (c.prior_exposure_hours + hours))
+            fails_lr = ev(key, "failures_lr", lr_hl, now)
+            oks_lr = ev(key, "successes_lr", lr_hl, now)
+            base = ((c.prior_no_capacity * c.prior_launches + fails_lr)
+                    / (c.prior_launches + fails_lr + oks_lr))
+            fails = ev(key, "failures", cap_hl, now)
+            oks = ev(key, "successes", cap_hl, now)
+            now_q = (base * c.prior_attempts + fails) / (c.prior_attempts + fails + oks)
+            est = ZoneEstimate(hazard, now_q, base)
+        self._cache[(key, now)] = est
+        return est
 
 
 def _norm(key: MemoryKey) -> MemoryKey:

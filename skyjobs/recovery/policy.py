@@ -11,7 +11,7 @@ sees the newest evidence.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from skyjobs.pricing.catalog import Placement
 from skyjobs.pricing.prices import PriceBook
@@ -56,7 +56,9 @@ class RankingContext:
     running: bool = False  # ``last`` is up and making progress right now
     last_preempted: Placement | None = None  # most recent preemption of this job
     deadline_guard: bool = True  # any strategy falls back to on-demand to meet a deadline
-    job_loss_rate_h: float = 0.0  # the job's slack loss per hour of progress; rank() sets it
+    # The job's own slack loss per hour of progress (job_loss_rate_h()). Kept for callers;
+    # the ranking no longer uses it (docs/policy.md, "What made the default lose").
+    job_loss_rate_h: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -106,29 +108,51 @@ def safety_reserve_s(ctx: RankingContext) -> float:
     return ctx.restart_s + mishap
 
 
+def launch_wait_s(q: float, ctx: RankingContext) -> float:
+    """Expected wall time lost to failed launches before one start, when each launch finds
+    no capacity with probability ``q``: ``q/(1-q)`` failures of ``launch_fail_s`` each."""
+    q = min(q, 0.99)
+    return q / (1 - q) * ctx.launch_fail_s
+
+
 def spot_slack_rate(ctx: RankingContext, candidates: list[Candidate] | None = None) -> float:
-    """Seconds of slack one hour of spot work is expected to use up: each preemption costs a
-    restart, the unsaved work and the failed launches before the next start. The best spot
-    candidate's estimate counts, since that is where the job will run."""
+    """Seconds of slack one hour of spot work is expected to use up from now on: each
+    preemption costs a restart, the unsaved work and the failed launches before the next
+    start, those at the zone's *long-run* no-capacity share. The best spot candidate's
+    estimate counts, since that is where the job will run."""
+    return _best_spot(ctx, candidates)[0]
+
+
+def _best_spot(ctx: RankingContext,
+               candidates: list[Candidate] | None) -> tuple[float, float]:
+    """(slack per hour of spot work, expected wait for the next start) at the spot candidate
+    with the lowest rate."""
     memory = ctx.memory or _PRIOR
     keys = [memory_key(c.placement) for c in candidates or () if c.placement.use_spot]
     if not keys and ctx.last is not None and ctx.last.use_spot:
         keys = [memory_key(ctx.last)]
-    best = math.inf
+    best = (math.inf, 0.0)
     for key in keys or [("", "", "", "", True)]:
         est = memory.estimate(key, ctx.now)
-        q = min(est.p_no_capacity, 0.99)
-        per_event = ctx.restart_s + lost_work_s(ctx) / 2 + q / (1 - q) * ctx.launch_fail_s
-        best = min(best, est.hazard_per_hour * per_event)
+        per_event = (ctx.restart_s + lost_work_s(ctx) / 2
+                     + launch_wait_s(est.long_run_no_capacity, ctx))
+        best = min(best, (est.hazard_per_hour * per_event,
+                          launch_wait_s(est.p_no_capacity, ctx)))
     return best
 
 
 def slack_needed_s(ctx: RankingContext, candidates: list[Candidate] | None = None) -> float:
-    """The slack to keep for the rest of the job: the safety reserve plus the expected use of
-    the remaining spot work at the best spot candidate."""
+    """The slack to keep for the rest of the job: the safety reserve, the expected wait for
+    the next start (capacity now, counted once), and the expected use of the remaining spot
+    work at the best spot candidate (failed launches at the long-run capacity share).
+
+    The capacity-now estimate is a short-lived state (1 h half-life): right after a failed
+    launch it is high, and extrapolating it over every future start (as this line did before)
+    made the job buy on-demand hours for outages that were over within minutes."""
     assert ctx.expected_runtime_s is not None
     remaining_h = max(0.0, ctx.expected_runtime_s - ctx.progress_s) / 3600
-    return safety_reserve_s(ctx) + remaining_h * spot_slack_rate(ctx, candidates)
+    rate, wait_now = _best_spot(ctx, candidates)
+    return safety_reserve_s(ctx) + wait_now + remaining_h * rate
 
 
 def deadline_decision(ctx: RankingContext,
@@ -136,12 +160,15 @@ def deadline_decision(ctx: RankingContext,
     """Spot or on-demand for the job's next step (a launch, or staying where it runs).
 
     Every strategy with ``deadline_guard`` commits to on-demand once the slack is down to the
-    safety reserve (the "greedy" policy of Wu et al., NSDI'24). DEADLINE_AWARE paces its
-    slack instead, in the spirit of their Uniform Progress: the line it keeps to is the slack
-    the rest of the job is expected to need (:func:`slack_needed_s`). Below it, a launch that
-    finds no spot capacity is followed by on-demand; on on-demand, the job goes back to spot
-    once the slack exceeds the line by the cost of the switch (hysteresis against flapping).
-    Spare slack above the line is spent waiting for spot.
+    safety reserve (the "greedy" policy of Wu et al., NSDI'24). DEADLINE_AWARE also bridges
+    spot outages with on-demand when its slack is short: after a launch that found no spot
+    capacity, it goes on-demand if the slack is at or below the line the rest of the job is
+    expected to need (:func:`slack_needed_s`), since waiting out the outage would spend slack
+    the rest of the job needs, while on-demand keeps it. On on-demand it goes back to spot as
+    soon as the slack covers the switch (a restart and a failed try) above the reserve: the
+    caller launches spot only where there is capacity, and any later shortfall is met by
+    the same bridge or, at the reserve, by the guard. Above the line, spare slack is spent
+    waiting for spot.
     """
     slack = slack_s(ctx)
     if slack is None:
@@ -152,18 +179,20 @@ def deadline_decision(ctx: RankingContext,
         return Decision(False, f"slack {slack / 3600:.2f} h at the safety reserve: on-demand")
     if ctx.strategy != "DEADLINE_AWARE":
         return Decision(True, f"slack {slack / 3600:.2f} h")
-    need = slack_needed_s(ctx, candidates)
     if on_od:
-        if slack < need + ctx.restart_s + ctx.launch_fail_s:
-            return Decision(False, f"slack {slack / 3600:.2f} h, keeping {need / 3600:.2f} h:"
-                                   " stay on-demand")
-        return Decision(True, f"slack {slack / 3600:.2f} h above the {need / 3600:.2f} h"
-                              " needed: back to spot")
+        floor = reserve + ctx.restart_s + ctx.launch_fail_s
+        if slack < floor:
+            return Decision(False, f"slack {slack / 3600:.2f} h does not cover a switch back"
+                                   f" ({floor / 3600:.2f} h): stay on-demand")
+        return Decision(True, f"slack {slack / 3600:.2f} h covers a switch back: spot where"
+                              " there is capacity")
     spot_just_failed = (ctx.last_end == "no_capacity" and ctx.last is not None
                         and ctx.last.use_spot)
-    if spot_just_failed and slack <= need:
-        return Decision(False, f"no spot capacity and slack {slack / 3600:.2f} h is below the"
-                               f" {need / 3600:.2f} h needed: on-demand")
+    if spot_just_failed:
+        need = slack_needed_s(ctx, candidates)
+        if slack <= need:
+            return Decision(False, f"no spot capacity and slack {slack / 3600:.2f} h is at or"
+                                   f" below the {need / 3600:.2f} h needed: on-demand")
     return Decision(True, f"slack {slack / 3600:.2f} h, spot")
 
 
@@ -182,23 +211,27 @@ def _price(p: Placement, ctx: RankingContext) -> tuple[float, str]:
 def slack_rate_h(p: Placement, ctx: RankingContext) -> float:
     """Hours of wall time lost (not spent on progress) per hour of useful progress at this
     spot placement: each preemption costs a restart and, without a usable notice, half a
-    checkpoint interval of work; each start costs the launches that fail before it,
-    ``q/(1-q)`` of them, each ``launch_fail_s`` long. Starts come with each preemption, and
-    at least once for the work that is left."""
+    checkpoint interval of work; the start now costs the launches that fail before it
+    (:func:`launch_wait_s` at the capacity-now estimate), a one-off spread over the stint it
+    buys: until the next preemption (``1/hazard``), or the end of the work."""
     if not p.use_spot:
         return 0.0
     est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
-    hazard, q = est.hazard_per_hour, min(est.p_no_capacity, 0.99)
+    hazard = est.hazard_per_hour
     remaining_h = _remaining_h(ctx)
     starts_per_hour = max(hazard, 1 / remaining_h) if remaining_h else hazard
     per_preemption = ctx.restart_s + lost_work_s(ctx) / 2
-    return (hazard * per_preemption + starts_per_hour * q / (1 - q) * ctx.launch_fail_s) / 3600
+    return (hazard * per_preemption
+            + starts_per_hour * launch_wait_s(est.p_no_capacity, ctx)) / 3600
 
 
 def job_loss_rate_h(ctx: RankingContext, model_rate_h: float) -> float:
     """Hours of wall time the job has lost per hour of progress so far (restarts, lost work,
     failed launches, waiting), on a prior of ``model_rate_h`` worth the memory's prior
-    exposure. It is the job's own evidence of how fast spot eats its slack here."""
+    exposure. It is the job's own evidence of how fast spot eats its slack here.
+
+    Not used by :func:`rank` any more: early in a job one outage dominates it, and
+    extrapolated over the rest of the job it overstated the value of slack (docs)."""
     if ctx.submitted_at is None:
         return model_rate_h
     lost_h = max(0.0, ctx.now - ctx.submitted_at - ctx.progress_s) / 3600
@@ -206,14 +239,30 @@ def job_loss_rate_h(ctx: RankingContext, model_rate_h: float) -> float:
     return (lost_h + model_rate_h * weight_h) / (ctx.progress_s / 3600 + weight_h)
 
 
+def expected_loss_h(p: Placement, ctx: RankingContext) -> float:
+    """Hours of slack the rest of the job is expected to lose if it starts at this spot
+    placement now: the wait for this start (capacity now), then per expected preemption a
+    restart, half a checkpoint interval without a usable notice, and the wait for the next
+    start at the zone's *long-run* no-capacity share. The capacity-now estimate is a
+    short-lived state and is counted once, not extrapolated over every future start."""
+    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    remaining_h = _remaining_h(ctx) or 0.0
+    per_preemption = (ctx.restart_s + lost_work_s(ctx) / 2
+                      + launch_wait_s(est.long_run_no_capacity, ctx))
+    return (launch_wait_s(est.p_no_capacity, ctx)
+            + remaining_h * est.hazard_per_hour * per_preemption) / 3600
+
+
 def slack_value_per_hour(price: float, ondemand_price: float, rate_h: float,
-                         ctx: RankingContext, job_rate_h: float = 0.0) -> float:
+                         ctx: RankingContext, job_rate_h: float = 0.0,
+                         loss_h: float | None = None) -> float:
     """Dollars one hour of lost wall time is expected to cost a job with a deadline.
 
     Time lost is bought back on on-demand, at ``ondemand_price - price`` per hour, only if
     the job runs out of slack. Its expected loss over the rest of the job is
     ``remaining_h x rate``, with ``rate`` the larger of the placement's (``rate_h``) and
-    the job's own so far (``job_rate_h``). The chance that it exceeds the spare slack
+    the job's own so far (``job_rate_h``); given ``loss_h`` (:func:`expected_loss_h`), the
+    larger of it and ``remaining_h x job_rate_h``. The chance that it exceeds the spare slack
     (above the safety reserve) is taken at Markov's bound, ``min(1, expected_loss /
     spare)``: the worst case for any loss distribution with that mean, since bursts of
     preemptions and outages make the real one heavy-tailed and unknown. A zone that keeps
@@ -225,12 +274,14 @@ def slack_value_per_hour(price: float, ondemand_price: float, rate_h: float,
         return price
     premium = max(0.0, ondemand_price - price)
     spare_h = max(0.0, slack - safety_reserve_s(ctx)) / 3600
-    expected_loss_h = remaining_h * max(rate_h, job_rate_h)
+    if loss_h is None:
+        loss_h = remaining_h * rate_h
+    loss_h = max(loss_h, remaining_h * job_rate_h)
     if spare_h <= 0.0:
         return premium
-    if expected_loss_h <= 0.0:
+    if loss_h <= 0.0:
         return 0.0
-    return premium * min(1.0, expected_loss_h / spare_h)
+    return premium * min(1.0, loss_h / spare_h)
 
 
 def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, str]:
@@ -238,8 +289,9 @@ def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, st
 
     The money: each preemption costs a paid restart plus the work lost since the last
     checkpoint. The time (:func:`slack_rate_h`): restarts, lost work and failed launches, at
-    :func:`slack_value_per_hour` under a deadline; without one, failed launches are valued at
-    the placement's price (restarts are already paid for).
+    :func:`slack_value_per_hour` under a deadline, with the rest of the job's expected loss
+    from :func:`expected_loss_h`; without one, failed launches are valued at the placement's
+    price (restarts are already paid for).
     """
     price, price_label = _price(p, ctx)
     if not p.use_spot:
@@ -253,7 +305,7 @@ def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, st
         cost = money + price * (rate_h - hazard * loss_h)
         return cost, f"{price_label}, {est.describe()}"
     value = slack_value_per_hour(price, p.offering.ondemand_price, rate_h, ctx,
-                                 ctx.job_loss_rate_h)
+                                 loss_h=expected_loss_h(p, ctx))
     cost = money + value * rate_h
     return cost, (f"{price_label}, {est.describe()}, loses {rate_h * 60:.1f} min/h"
                   f" at ${value:.2f}/h")
@@ -307,7 +359,7 @@ def _sort_key(cand: Candidate, ctx: RankingContext, spot_first: bool,
         key.append(float(cand.choice_index))
         reasons.insert(0, f"ordered choice {cand.choice_index + 1}")
     key.append(float(p.use_spot != spot_first))
-    if ctx.strategy != "FAILOVER":
+    if ctx.strategy not in ("FAILOVER", "DEADLINE_AWARE"):
         cooling = _cooling(ctx, p)
         key.append(float(cooling))
         if cooling:
@@ -321,9 +373,6 @@ def rank(candidates: list[Candidate], ctx: RankingContext) -> list[Ranked]:
     """Best first. Cooling zones go last, never away; on-demand twins of a spot request
     (``requested=False``) appear only when the deadline calls for on-demand."""
     decision = deadline_decision(ctx, candidates)
-    spot = [c for c in candidates if c.placement.use_spot]
-    model_rate = min((slack_rate_h(c.placement, ctx) for c in spot), default=0.0)
-    ctx = replace(ctx, job_loss_rate_h=job_loss_rate_h(ctx, model_rate))
     any_on_demand_twin = not decision.use_spot
     out: list[tuple[tuple[float | str, ...], Ranked]] = []
     for cand in candidates:

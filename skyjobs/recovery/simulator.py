@@ -13,18 +13,25 @@ attempt goes to the first of :func:`skyjobs.recovery.policy.rank`, and the job's
   to checkpoint (``notice_s >= checkpoint_save_s``);
 * DEADLINE_AWARE on on-demand re-asks :func:`deadline_decision` at every sample; a switch to
   spot launches spot first (a failed try costs nothing while on-demand runs), then pays a
-  restart like any launch.
+  restart like any launch;
+* a preempted zone cools down for ``zone_cooldown_s`` (the controller's ``zone_cooldown``),
+  as the controller's ranking context does;
+* money: spot at the trace's own per-sample prices where it has them (else the configured
+  table), on-demand at list price, per node, for the time an instance is up.
+
+``simulate_run(..., hook=)`` hands every decision to a callback (docs/policy.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from skyjobs.exceptions import ConfigError
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
 from skyjobs.pricing.prices import PriceBook
-from skyjobs.recovery.bound import BoundInput, lower_bound
+from skyjobs.recovery.bound import BoundInput, lower_bound_hinted
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.recovery.placement import Candidate, match
 from skyjobs.recovery.policy import (
@@ -53,6 +60,9 @@ class SimConfig:
     spot_prices: dict[str, float] = field(default_factory=dict)  # zone or region -> $/h
     nodes: int | None = None  # None: the largest capacity in the traces
     start_every_hours: float = 6.0
+    # The controller's zone cooldown after a preemption (config.zone_cooldown): the zone is
+    # ranked last for this long. 0 turns it off.
+    zone_cooldown_s: float = 1800.0
     cloud: str = "aws"
     instance_type: str = "p3.2xlarge"
 
@@ -61,7 +71,8 @@ class SimConfig:
             raise ConfigError("job hours must be positive")
         if self.deadline_hours is not None and self.deadline_hours < self.job_hours:
             raise ConfigError("the deadline is shorter than the job")
-        for name in ("restart_s", "checkpoint_interval_s", "checkpoint_save_s", "notice_s"):
+        for name in ("restart_s", "checkpoint_interval_s", "checkpoint_save_s", "notice_s",
+                     "zone_cooldown_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.checkpoint_interval_s <= 0 or self.start_every_hours <= 0:
@@ -112,6 +123,11 @@ class RunResult:
     truncated: bool = False  # the trace ended first; finished on on-demand
 
 
+# A decision the replayed controller made: (event, context it saw, placement, reason).
+# Events: "launch" (rank()[0] tried), "no_capacity", "preempted", "to_spot" (left on-demand).
+DecisionHook = Callable[[str, RankingContext, Placement, str], None]
+
+
 def spot_price_for(cfg: SimConfig, zone: ZoneTrace) -> float:
     return cfg.spot_prices.get(zone.zone, cfg.spot_prices.get(zone.region, cfg.spot_price))
 
@@ -150,8 +166,10 @@ class _Job:
     """One replayed job: the controller loop in miniature."""
 
     def __init__(self, traces: TraceSet, cfg: SimConfig, spec: PolicySpec,
-                 cands: list[Candidate], start: float) -> None:
+                 cands: list[Candidate], start: float,
+                 hook: DecisionHook | None = None) -> None:
         self.traces, self.cfg, self.spec, self.cands = traces, cfg, spec, cands
+        self.hook = hook
         self.zones = {z.zone: z for z in traces.zones}
         self.nodes = node_count(cfg, traces)
         self.work = cfg.job_hours * 3600
@@ -237,9 +255,17 @@ class _Job:
             if t >= end:
                 self.finish_on_demand(t)
                 return self.r
-            p = pending or rank(self.cands, self.ctx(t, running=False))[0].candidate.placement
-            pending = None
+            if pending is None:
+                ctx = self.ctx(t, running=False)
+                top = rank(self.cands, ctx)[0]
+                p = top.candidate.placement
+                if self.hook is not None:
+                    self.hook("launch", ctx, p, top.reason)
+            else:
+                p, pending = pending, None
             if not self.has_capacity(p, t):
+                if self.hook is not None:
+                    self.hook("no_capacity", self.ctx(t, running=False), p, "")
                 self.record(p, "no_capacity", t)
                 self.r.failed_launches += 1
                 self.last, self.last_end = p, "no_capacity"
@@ -277,6 +303,12 @@ class _Job:
             useful = self.cfg.checkpoint_interval_s * (useful // self.cfg.checkpoint_interval_s)
         self.end_stint(p, t0, drop, useful)
         self.r.preemptions += 1
+        if self.spec.memory and self.cfg.zone_cooldown_s > 0:  # what the controller does
+            key = zone_key(p)
+            self.cooldown[key] = max(self.cooldown.get(key, 0.0),
+                                     drop + self.cfg.zone_cooldown_s)
+        if self.hook is not None:
+            self.hook("preempted", self.ctx(drop, running=True), p, "")
         self.record(p, "preemption", drop)
         self.last_end, self.last_preempted = "preempted", p
         return drop, None
@@ -299,6 +331,8 @@ class _Job:
                 spot = next((r.candidate.placement for r in ranked
                              if r.candidate.placement.use_spot), None)
                 if spot is not None and self.has_capacity(spot, t):
+                    if self.hook is not None:
+                        self.hook("to_spot", ctx, spot, "")
                     return t, spot
                 if spot is not None:
                     self.record(spot, "no_capacity", t)
@@ -314,15 +348,33 @@ class _Job:
         self.r.missed = self.deadline is not None and t + rest > self.deadline + 1e-6
 
 
-def simulate_run(traces: TraceSet, cfg: SimConfig, spec: PolicySpec, start: float) -> RunResult:
+def simulate_run(traces: TraceSet, cfg: SimConfig, spec: PolicySpec, start: float,
+                 hook: DecisionHook | None = None) -> RunResult:
+    """One job submitted at ``start``; ``hook`` (optional) sees every decision it makes."""
     cands = build_candidates(cfg, traces, spec)
     if not cands:
         raise ConfigError(f"policy {spec.name}: no candidate placement in the traces")
-    return _Job(traces, cfg, spec, cands, start).run()
+    return _Job(traces, cfg, spec, cands, start, hook).run()
 
 
 def bound_run(traces: TraceSet, cfg: SimConfig, start: float) -> float | None:
     """The omniscient lower bound for a job submitted at ``start`` (see bound.py)."""
+    return _bound_hinted(traces, cfg, start, None)[0]
+
+
+def bound_runs(traces: TraceSet, cfg: SimConfig, starts: list[float]) -> list[float | None]:
+    """:func:`bound_run` for every start, each bisection seeded with the previous one's
+    multiplier (the same values, faster)."""
+    out: list[float | None] = []
+    mu: float | None = None
+    for s in starts:
+        value, next_mu = _bound_hinted(traces, cfg, s, mu)
+        out.append(value)
+        mu = next_mu if next_mu is not None else mu
+    return out
+
+
+def _bound_input(traces: TraceSet, cfg: SimConfig, start: float) -> BoundInput:
     gap = traces.gap_s
     window = 3600 * (cfg.deadline_hours or 2 * cfg.job_hours)
     steps = math.ceil(window / gap)
@@ -336,9 +388,13 @@ def bound_run(traces: TraceSet, cfg: SimConfig, start: float) -> float | None:
             price = z.prices[i] if z.prices is not None and ok else spot_price_for(cfg, z)
             row.append(price * nodes * gap / 3600 if ok else None)
         spot.append(row)
-    inp = BoundInput(gap, steps, cfg.job_hours * 3600, cfg.restart_s,
-                     cfg.ondemand_price * nodes * gap / 3600, spot)
-    return lower_bound(inp)
+    return BoundInput(gap, steps, cfg.job_hours * 3600, cfg.restart_s,
+                      cfg.ondemand_price * nodes * gap / 3600, spot)
+
+
+def _bound_hinted(traces: TraceSet, cfg: SimConfig, start: float,
+                  mu_hint: float | None) -> tuple[float | None, float | None]:
+    return lower_bound_hinted(_bound_input(traces, cfg, start), mu_hint)
 
 
 @dataclass(frozen=True)
@@ -415,7 +471,7 @@ def evaluate(traces: TraceSet, cfg: SimConfig, names: list[str],
     od_cost = sum(r.cost for r in od_runs) / len(od_runs)
     bound: float | None = None
     if with_bound:
-        values = [bound_run(traces, cfg, s) for s in starts]
+        values = bound_runs(traces, cfg, starts)
         bound = sum(v for v in values if v is not None) / len(values)
     summaries = [summarize(n, run_policy(traces, cfg, n, starts), od_cost, bound)
                  for n in names]

@@ -14,6 +14,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from skyjobs.exceptions import ConfigError
@@ -73,7 +74,7 @@ class TraceSet:
     def gap_s(self) -> float:
         return min(z.gap_s for z in self.zones)
 
-    @property
+    @cached_property
     def max_capacity(self) -> int:
         return max(max(z.capacity, default=0) for z in self.zones)
 

@@ -107,3 +107,15 @@ def test_a_zone_that_kept_failing_stays_unlikely_after_the_outage_evidence_fades
         mem.record(A, "launch_ok", later + i)
     assert mem.long_run_no_capacity(A, later + 10) < 0.5
     assert mem.estimate(A, later).long_run_no_capacity == mem.long_run_no_capacity(A, later)
+
+
+def test_estimate_is_memoised_but_never_stale():
+    mem = PreemptionMemory()
+    before = mem.estimate(A, 5 * H)
+    assert mem.estimate(A, 5 * H) is before  # same time, no new record: the cached value
+    mem.record(A, "no_capacity", 5 * H)
+    after = mem.estimate(A, 5 * H)
+    assert after.p_no_capacity > before.p_no_capacity
+    assert after.p_no_capacity == pytest.approx(mem.p_no_capacity(A, 5 * H))
+    assert after.long_run_no_capacity == pytest.approx(mem.long_run_no_capacity(A, 5 * H))
+    assert after.hazard_per_hour == pytest.approx(mem.hazard_per_hour(A, 5 * H))

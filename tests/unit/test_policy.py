@@ -11,7 +11,9 @@ from skyjobs.recovery.policy import (
     deadline_decision,
     effective_strategy,
     expected_cost_per_hour,
+    expected_loss_h,
     job_loss_rate_h,
+    launch_wait_s,
     memory_key,
     rank,
     safety_reserve_s,
@@ -89,6 +91,14 @@ def test_cooling_zone_goes_last_but_stays():
     assert "cooling" in ranked[-1].reason
 
 
+def test_deadline_aware_prices_a_cooling_zone_through_its_memory_instead():
+    # The controller's cooldown is a hard rule for the other strategies; DEADLINE_AWARE
+    # weighs the preemption through its memory (docs/policy.md, the priced sets).
+    cool = {zone_key(place("us-east-1a")): 11 * H}
+    ranked = rank(cands(), deadline_ctx("DEADLINE_AWARE", 10.0, cooldown=cool))
+    assert zones(ranked)[0] == "us-east-1a"
+
+
 def test_failover_retries_where_it_ran_then_its_region():
     last = place("us-east-1b")
     ranked = rank(cands(), ctx("FAILOVER", last=last, last_end="preempted"))
@@ -144,20 +154,45 @@ def test_plenty_of_slack_means_spot():
 
 def test_deadline_aware_uses_on_demand_when_spot_fails_and_slack_is_short():
     spot = place("us-east-1a")
-    # need = reserve 0.1 h + 10 h left x 0.1 preemptions/h x (180 s + 0.3/0.7 x 60 s) = 0.157 h
+    # need = reserve 0.1 h + the wait for this start (0.3/0.7 x 60 s)
+    #        + 10 h left x 0.1 preemptions/h x (180 s + 0.3/0.7 x 60 s) = 0.164 h
     tight = deadline_ctx("DEADLINE_AWARE", 0.15, last=spot, last_end="no_capacity")
-    assert slack_needed_s(tight, cands()) / H == pytest.approx(0.1 + (180 + 60 * 3 / 7) / H)
+    wait = 60 * 3 / 7
+    assert slack_needed_s(tight, cands()) / H == pytest.approx(0.1 + (wait + 180 + wait) / H)
     assert not deadline_decision(tight, cands()).use_spot
     # The same situation with an explicit COST_AWARE (greedy) keeps trying spot.
     greedy = deadline_ctx("COST_AWARE", 0.15, last=spot, last_end="no_capacity")
     assert deadline_decision(greedy, cands()).use_spot
 
 
-def test_deadline_aware_goes_back_to_spot_when_safe_but_not_when_tight():
+def test_pacing_line_counts_the_capacity_now_once_and_the_long_run_for_future_starts():
+    # Five failed launches in a row in the only zone: the capacity now is bad (a 29-failure
+    # wait), but that is the current outage, not what every later start will see.
+    mem = PreemptionMemory()
+    key = memory_key(place("us-east-1a"))
+    for _ in range(5):
+        mem.record(key, "no_capacity", 40 * H)
+    only_1a = [c for c in cands() if c.placement.zone == "us-east-1a"]
+    c = deadline_ctx("DEADLINE_AWARE", 5.0, memory=mem, now=40 * H, launch_fail_s=60.0)
+    c.expected_runtime_s = c.progress_s + 40 * H  # 40 h of work left
+    c.deadline_at = c.now + 45 * H
+    long_run = (0.3 * 2 + 5) / (2 + 5)  # 0.8
+    now_q = (long_run + 5) / (1 + 5)
+    assert launch_wait_s(now_q, c) == pytest.approx(now_q / (1 - now_q) * 60)
+    expect = 0.1 * H + launch_wait_s(now_q, c) + 40 * 0.1 * (180 + long_run / 0.2 * 60)
+    assert slack_needed_s(c, only_1a) == pytest.approx(expect, rel=1e-3)
+    # Extrapolating the capacity now over all 4 expected preemptions (the old line) would
+    # ask for about twice the slack.
+    old = 0.1 * H + 40 * 0.1 * (180 + launch_wait_s(now_q, c))
+    assert old > 1.9 * expect
+
+
+def test_deadline_aware_goes_back_to_spot_once_the_slack_covers_the_switch():
     od = place("us-east-1a", spot=False)
-    roomy = deadline_ctx("DEADLINE_AWARE", 5.0, last=od, running=True)
+    # reserve 0.1 h + a restart (180 s) + a failed try (60 s) = 0.167 h
+    roomy = deadline_ctx("DEADLINE_AWARE", 0.2, last=od, running=True)
     assert deadline_decision(roomy, cands()).use_spot
-    tight = deadline_ctx("DEADLINE_AWARE", 0.2, last=od, running=True)
+    tight = deadline_ctx("DEADLINE_AWARE", 0.15, last=od, running=True)
     assert not deadline_decision(tight, cands()).use_spot
 
 
@@ -178,6 +213,16 @@ def test_slack_value_is_the_on_demand_premium_times_markovs_bound():
     # no spare slack: the full premium; no deadline: time is worth the price
     assert slack_value_per_hour(0.90, 3.06, 0.05, deadline_ctx("DEADLINE_AWARE", 0.05)) == 2.16
     assert slack_value_per_hour(0.90, 3.06, 0.05, ctx()) == 0.90
+
+
+def test_slack_value_uses_the_expected_loss_of_the_rest_of_the_job():
+    c = deadline_ctx("DEADLINE_AWARE", 2.0)  # 10 h left, 1.9 h spare
+    # prior zone: wait now 0.3/0.7 x 60 s, then 10 h x 0.1/h x (180 s + 0.3/0.7 x 60 s)
+    wait = 60 * 3 / 7
+    loss = expected_loss_h(place("us-east-1a"), c)
+    assert loss == pytest.approx((wait + 10 * 0.1 * (180 + wait)) / H)
+    assert slack_value_per_hour(0.90, 3.06, 0.05, c, loss_h=loss) == pytest.approx(
+        2.16 * loss / 1.9)
 
 
 def test_job_loss_rate_is_its_own_lost_time_per_progress_on_a_prior():

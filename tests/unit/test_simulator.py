@@ -168,3 +168,51 @@ def test_cli_prices_file_changes_costs(tmp_path):
     assert res.exit_code == 0, res.output
     cost = json.loads(res.output)["policies"][0]["mean_cost"]
     assert cost == pytest.approx(0.5 * 2.05)
+
+
+def test_bound_early_stop_and_seeded_runs_match_the_full_bisection():
+    ts = traces(zone("us-east-1a", [1, 1, 0, 1, 0, 0] * 10), zone("us-west-2a", [0, 1, 1] * 20))
+    c = cfg(start_every_hours=1.0)
+    starts = simulator.start_times(c, ts)
+    full = []
+    for s in starts:
+        inp = simulator._bound_input(ts, c, s)
+        full.append(lower_bound(inp, rel_tol=0.0))
+    fast = simulator.bound_runs(ts, c, starts)
+    assert [bound_run(ts, c, s) for s in starts] == pytest.approx(fast, rel=1e-3)
+    for f, b in zip(full, fast, strict=True):
+        assert f is not None and b is not None
+        assert b <= f + 1e-9  # stopping early never overstates the bound
+        assert b == pytest.approx(f, rel=1e-3)
+
+
+def test_decision_hook_sees_launches_failures_and_preemptions():
+    ts = traces(zone("us-east-1a", [1] * 3 + [0] * 57), zone("us-west-2a", [0] * 2 + [1] * 58))
+    seen: list[tuple[str, str, bool]] = []
+
+    def hook(event: str, ctx: policy.RankingContext, p: object, reason: str) -> None:
+        seen.append((event, p.zone, p.use_spot))  # type: ignore[attr-defined]
+        if event == "launch":
+            assert reason  # rank()'s own explanation
+
+    r = simulate_run(ts, cfg(), POLICIES["DEADLINE_AWARE"], 0.0, hook)
+    assert seen[0] == ("launch", "us-east-1a", True)
+    assert ("preempted", "us-east-1a", True) in seen
+    assert seen[-1] == ("launch", "us-west-2a", True)
+    assert r.preemptions == 1 and not r.missed
+
+
+def test_preempted_zone_cools_down_as_in_the_controller():
+    ts = traces(zone("us-east-1a", [1] * 3 + [0] + [1] * 56), zone("us-west-2a", [1] * N))
+    cooling: list[dict[tuple[str, str, str], float]] = []
+
+    def hook(event: str, ctx: policy.RankingContext, p: object, reason: str) -> None:
+        if event == "launch":
+            cooling.append(dict(ctx.cooldown))
+
+    simulate_run(ts, cfg(), POLICIES["COST_AWARE"], 0.0, hook)
+    key = ("aws", "us-east-1a", "p3.2xlarge")
+    assert cooling[0] == {} and cooling[1] == {key: 3 * GAP + 1800.0}
+    cooling.clear()
+    simulate_run(ts, cfg(zone_cooldown_s=0.0), POLICIES["COST_AWARE"], 0.0, hook)
+    assert all(c == {} for c in cooling)
