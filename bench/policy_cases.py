@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tracegen  # noqa: E402
 
-from skyjobs.recovery.simulator import SimConfig  # noqa: E402
-from skyjobs.recovery.traces import TraceSet, load_traces, synthetic_markov  # noqa: E402
+from skyjobs.recovery.sim.simulator import SimConfig  # noqa: E402
+from skyjobs.recovery.sim.traces import TraceSet, load_traces, synthetic_markov  # noqa: E402
 
 TRACES_ROOT = Path("/work/shared/traces")
 # Spot differing by region (illustrative, within the paper period's $0.92-0.97 range and a

@@ -30,7 +30,7 @@ from policy_cases import CASES, Case, case_config  # noqa: E402
 
 from skyjobs.pricing.catalog import Placement  # noqa: E402
 from skyjobs.recovery import policy  # noqa: E402
-from skyjobs.recovery.simulator import (  # noqa: E402
+from skyjobs.recovery.sim.simulator import (  # noqa: E402
     POLICIES,
     RankingContext,
     build_candidates,

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from policy_cases import CASES, FACTORS, case_config  # noqa: E402
 
-from skyjobs.recovery.simulator import Report, evaluate  # noqa: E402
+from skyjobs.recovery.sim.simulator import Report, evaluate  # noqa: E402
 from skyjobs.simulate_cli import format_report  # noqa: E402
 
 DEFAULT = "DEADLINE_AWARE"  # what a job with a deadline runs (policy.effective_strategy)

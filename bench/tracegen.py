@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skyjobs.recovery.traces import TraceSet, ZoneTrace, region_of  # noqa: E402
+from skyjobs.recovery.sim.traces import TraceSet, ZoneTrace, region_of  # noqa: E402
 
 Generated = tuple[TraceSet, dict[str, float]]
 

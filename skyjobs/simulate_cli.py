@@ -9,8 +9,8 @@ import click
 
 from skyjobs.exceptions import SkyjobsError
 from skyjobs.recovery.policy import effective_strategy
-from skyjobs.recovery.simulator import BUILTIN_NAMES, Report, SimConfig, evaluate
-from skyjobs.recovery.traces import load_traces
+from skyjobs.recovery.sim.simulator import BUILTIN_NAMES, Report, SimConfig, evaluate
+from skyjobs.recovery.sim.traces import load_traces
 from skyjobs.spec import STRATEGIES, JobRecovery
 
 DEFAULT_POLICIES = ("default", "skypilot", "single-zone-greedy")

@@ -1,6 +1,6 @@
 """Placement strategies: rank the candidates for the next attempt of a job.
 
-Pure code. The controller and the replay simulator (``skyjobs.recovery.simulator``) call the
+Pure code. The controller and the replay simulator (``skyjobs.recovery.sim.simulator``) call the
 same :func:`rank` and :func:`deadline_decision`; see docs/policy.md for the model.
 
 Contract with the caller: launch the first :class:`Ranked`; on a capacity error record

@@ -4,16 +4,17 @@ import pytest
 from click.testing import CliRunner
 
 from skyjobs.exceptions import ConfigError
-from skyjobs.recovery import policy, simulator
-from skyjobs.recovery.bound import BoundInput, lower_bound
-from skyjobs.recovery.simulator import (
+from skyjobs.recovery import policy
+from skyjobs.recovery.sim import simulator
+from skyjobs.recovery.sim.bound import BoundInput, lower_bound
+from skyjobs.recovery.sim.simulator import (
     POLICIES,
     SimConfig,
     bound_run,
     evaluate,
     simulate_run,
 )
-from skyjobs.recovery.traces import TraceSet, ZoneTrace, load_traces, parse_zone_trace
+from skyjobs.recovery.sim.traces import TraceSet, ZoneTrace, load_traces, parse_zone_trace
 from skyjobs.simulate_cli import simulate
 
 GAP = 600.0

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from skyjobs.exceptions import ConfigError
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
 from skyjobs.pricing.prices import PriceBook
-from skyjobs.recovery.bound import BoundInput, lower_bound_hinted
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.recovery.placement import Candidate, match
 from skyjobs.recovery.policy import (
@@ -42,7 +41,8 @@ from skyjobs.recovery.policy import (
     rank,
     zone_key,
 )
-from skyjobs.recovery.traces import TraceSet, ZoneTrace
+from skyjobs.recovery.sim.bound import BoundInput, lower_bound_hinted
+from skyjobs.recovery.sim.traces import TraceSet, ZoneTrace
 from skyjobs.spec import TaskSpec
 
 
