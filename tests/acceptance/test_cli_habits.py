@@ -138,3 +138,15 @@ def test_a_pipeline_file_from_the_cli(state: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "has 2 task(s)" in bad.stderr
     events = cli(state, "events", job_id).stdout
     assert "task 1/2 succeeded; starting task 2" in events
+
+
+def test_gpus_and_cloud_overrides_reach_placement(state: Path, tmp_path: Path) -> None:
+    task = tmp_path / "g.yaml"
+    task.write_text("resources: {cloud: aws, cpus: 2+, use_spot: true}\n"
+                    "run: echo gpus=$SKYPILOT_NUM_GPUS_PER_NODE\n")
+    r = cli(state, "submit", str(task), "--cloud", "local", "--gpus", "V100:1")
+    assert r.returncode == 0, r.stderr
+    done = wait_done(state, r.stdout.strip())
+    assert done["status"] == "SUCCEEDED"
+    assert str(done["placement"]).startswith("local/") and "v100" in str(done["placement"])
+    assert "gpus=1" in cli(state, "logs", r.stdout.strip()).stdout
