@@ -21,7 +21,7 @@ from skyjobs.config import default_state_dir
 from skyjobs.exceptions import ApiError, ControllerUnavailableError, SkyjobsError
 from skyjobs.pipeline import load_pipeline, pipeline_from_documents, task_source
 from skyjobs.render import event_line, fmt_duration, fmt_time, table
-from skyjobs.spec import load_task_document
+from skyjobs.spec import TaskSpec
 from skyjobs.states import TERMINAL
 from skyjobs.submission import build_archive, raw_task
 
@@ -391,13 +391,27 @@ def plan(obj: Ctx, file: Path, limit: int, as_json: bool) -> None:
     refuses them).
     """
     problems: list[str] = []
-    spec, document = load_task_document(file, path_problems=problems)
-    reply = _plan_task(obj.state_dir, obj.controller, spec, raw_task(document), str(file))
-    warnings = [*problems, *(f"{file}: {w}" for w in reply["warnings"])]
-    notes = spec.notes(str(file))
+    pipeline = load_pipeline(file, path_problems=problems)
+    count = len(pipeline.tasks)
+    replies = []
+    for i, (spec, document) in enumerate(zip(pipeline.tasks, pipeline.documents,
+                                             strict=True)):
+        source = task_source(str(file), i, count)
+        reply = _plan_task(obj.state_dir, obj.controller, spec, raw_task(document), source)
+        warnings = [*(problems if i == 0 else []), *(f"{source}: {w}"
+                                                     for w in reply["warnings"])]
+        replies.append({**reply, "warnings": warnings, "notes": spec.notes(source)})
     if as_json:
-        click.echo(json.dumps({**reply, "warnings": warnings, "notes": notes}, indent=2))
+        click.echo(json.dumps(replies[0] if count == 1 else {"tasks": replies}, indent=2))
         return
+    for i, reply in enumerate(replies):
+        if count > 1:
+            click.echo(f"{'' if i == 0 else chr(10)}=== task {i + 1} of {count} ===")
+        _print_plan(reply, limit)
+
+
+def _print_plan(reply: dict[str, Any], limit: int) -> None:
+    warnings, notes = reply["warnings"], reply["notes"]
     enabled = ", ".join(reply["enabled"]) or "none"
     click.echo(f"strategy {reply['strategy']}, {reply['num_nodes']} node(s); "
                f"enabled: {enabled} ({reply['enabled_by']})")
@@ -638,16 +652,24 @@ def _aws_credentials_method() -> str:
 
 async def _check_file(file: Path, enabled: list[str], state_dir: Path) -> list[Finding]:
     """What submit would refuse about FILE's paths and buckets, checked now."""
-    from skyjobs.checkpoint.buckets import local_bucket_dir
-
-    topic = str(file)
     problems: list[str] = []
     try:
-        spec, _ = load_task_document(file, path_problems=problems)
+        pipeline = load_pipeline(file, path_problems=problems)
     except SkyjobsError as err:
         return [Finding("task", str(err), fatal=True)]
     out = [Finding("task", p, fatal=True) for p in problems]
-    out.extend(Finding("task", f"note: {n}") for n in spec.notes(topic))
+    for i, spec in enumerate(pipeline.tasks):
+        topic = task_source(str(file), i, len(pipeline.tasks))
+        out.extend(Finding("task", f"note: {n}") for n in spec.notes(topic))
+        out.extend(await _check_buckets(spec, topic, enabled, state_dir))
+    return out
+
+
+async def _check_buckets(spec: TaskSpec, topic: str, enabled: list[str],
+                         state_dir: Path) -> list[Finding]:
+    from skyjobs.checkpoint.buckets import local_bucket_dir
+
+    out: list[Finding] = []
     for target, mount in spec.buckets().items():
         where = f"{topic}: file_mounts.{target}: {mount.source}"
         scheme = mount.source.split("://", 1)[0]

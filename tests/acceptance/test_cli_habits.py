@@ -150,3 +150,17 @@ def test_gpus_and_cloud_overrides_reach_placement(state: Path, tmp_path: Path) -
     assert done["status"] == "SUCCEEDED"
     assert str(done["placement"]).startswith("local/") and "v100" in str(done["placement"])
     assert "gpus=1" in cli(state, "logs", r.stdout.strip()).stdout
+
+
+def test_plan_and_check_a_pipeline_file(state: Path, tmp_path: Path) -> None:
+    path = tmp_path / "pipe.yaml"
+    path.write_text("name: p\n---\nresources: {cloud: local, cpus: 2}\nrun: 'true'\n---\n"
+                    "resources: {cloud: local, cpus: 2+, use_spot: false}\nrun: 'true'\n")
+    r = cli(state, "plan", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    tasks = json.loads(r.stdout)["tasks"]
+    assert len(tasks) == 2 and not tasks[1]["pick"]["spot"]
+    text = cli(state, "plan", str(path)).stdout
+    assert "=== task 1 of 2 ===" in text and "=== task 2 of 2 ===" in text
+    assert cli(state, "check", str(path)).returncode == 0
+    assert not (state / "controller.json").exists()
