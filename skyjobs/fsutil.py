@@ -56,20 +56,28 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy a file (content and times) the same way: all or nothing, durable on return."""
+def atomic_copy(src: Path, dst: Path) -> tuple[int, int]:
+    """Copy a file (content and times) the same way: all or nothing, durable on return.
+
+    Returns the (size, mtime_ns) of what was copied. Content and times come from the one
+    open file: a writer that replaces ``src`` meanwhile (a job checkpointing while its
+    bucket syncs) must not leave the copy with the old content under the new mtime, which
+    would make it look up to date for ever.
+    """
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
         with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            st = os.fstat(fin.fileno())
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
             os.fsync(fout.fileno())
-        shutil.copystat(src, tmp)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(dst.parent)
+    return st.st_size, st.st_mtime_ns
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -34,11 +34,11 @@ def node_path(target: str, fs_root: Path | None) -> Path:
     return fs_root / target.lstrip("/")
 
 
-def _copy_file_atomic(src: Path, dst: Path) -> None:
+def _copy_file_atomic(src: Path, dst: Path) -> tuple[int, int]:
     # Durable before the next step trusts it: a checkpoint that vanishes in a crash after
     # its upload was reported would send the next attempt back in time.
     dst.parent.mkdir(parents=True, exist_ok=True)
-    atomic_copy(src, dst)
+    return atomic_copy(src, dst)
 
 
 def _changed(src: Path, dst: Path) -> bool:
@@ -86,7 +86,8 @@ def sync_tree(src: Path, dst: Path, seen: Seen | None = None, *, only_changed: b
                 continue
             d = dst / rel
             if _changed(s, d):
-                _copy_file_atomic(s, d)
+                # What was really copied: the file may have been replaced since `now`.
+                now = _copy_file_atomic(s, d)
                 copied += 1
             if seen is not None:
                 seen[rel] = now  # the copy keeps the mtime: both sides look like this now

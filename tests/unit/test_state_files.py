@@ -7,6 +7,8 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from skyjobs.config import load_config
 from skyjobs.controller.daemon import Controller, read_or_create_secret
 from skyjobs.fsutil import TMP_SUFFIX, atomic_write
@@ -90,3 +92,35 @@ def test_a_node_that_never_writes_does_not_upload_its_stale_copy(tmp_path: Path)
     assert (bucket / "state.json").read_text() == '{"step": 49}'
     (tmp_path / "n1" / "own.txt").write_text("rank 1's own file")
     assert rank1.upload() == 1 and (bucket / "own.txt").exists()
+
+
+def test_a_checkpoint_replaced_during_its_upload_is_uploaded_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job replaces its checkpoint while the notice upload copies it: the bucket must
+    not end up with the old content under the new file's time (it would look current for
+    ever, and the next attempt would resume behind)."""
+    import shutil
+
+    from skyjobs.node.buckets import MountedBucket
+
+    bucket, target = tmp_path / "bucket", tmp_path / "node"
+    bucket.mkdir()
+    node = MountedBucket(target, bucket, "COPY")
+    node.prepare()
+    ckpt = target / "state.json"
+    ckpt.write_text('{"step": 140}')
+    real = shutil.copyfileobj
+
+    def copy_then_replace(fin, fout, length=0):  # type: ignore[no-untyped-def]
+        real(fin, fout, length)
+        fresh = target / ".fresh"
+        fresh.write_text('{"step": 143}')
+        os.utime(fresh, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        os.replace(fresh, ckpt)  # the job's atomic checkpoint, mid-upload
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_replace)
+    assert node.upload() == 1
+    monkeypatch.setattr(shutil, "copyfileobj", real)
+    assert (bucket / "state.json").read_text() == '{"step": 140}'
+    assert node.upload() == 1  # the exit upload sees the replaced file as changed
+    assert (bucket / "state.json").read_text() == '{"step": 143}'
