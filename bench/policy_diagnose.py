@@ -11,7 +11,8 @@ controller makes is classified by the term of the policy that chose it:
   the line split into its terms: the reserve, the remaining work x the preemption hazard x
   the restart, and the remaining work x the hazard x the expected failed launches per start
   (``q/(1-q) x launch_fail_s``), the last at the capacity-now estimate ``q`` (what the line
-  used before issue 13) and at the zone's long-run share (what it uses now).
+  used before issue 13) and at the zone's long-run share (what it used after the first
+  pass; the line now caps each later wait at the slack of bridging it, ``policy.bridge_s``).
 
 It prints the on-demand hours per run by cause and the mean size of each term at the moment
 the pacing line sent the job to on-demand.

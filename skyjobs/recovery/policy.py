@@ -115,10 +115,25 @@ def launch_wait_s(q: float, ctx: RankingContext) -> float:
     return q / (1 - q) * ctx.launch_fail_s
 
 
+def bridge_s(ctx: RankingContext) -> float:
+    """Slack an outage costs a job that bridges it with on-demand: the failed try that finds
+    it and the restart onto on-demand (going back to spot is taken only when the slack
+    covers it, see :func:`deadline_decision`)."""
+    return ctx.launch_fail_s + ctx.restart_s
+
+
+def future_wait_s(q_long_run: float, ctx: RankingContext) -> float:
+    """Slack a later start is expected to lose to a lack of capacity: the wait at the
+    zone's long-run no-capacity share, or, if less, the slack of bridging the outage with
+    on-demand (:func:`bridge_s`), which the job does once its slack is short."""
+    return min(launch_wait_s(q_long_run, ctx), bridge_s(ctx))
+
+
 def spot_slack_rate(ctx: RankingContext, candidates: list[Candidate] | None = None) -> float:
     """Seconds of slack one hour of spot work is expected to use up from now on: each
     preemption costs a restart, the unsaved work and the failed launches before the next
-    start, those at the zone's *long-run* no-capacity share. The best spot candidate's
+    start, those at the zone's *long-run* no-capacity share but at most the slack of
+    bridging the outage (:func:`future_wait_s`). The best spot candidate's
     estimate counts, since that is where the job will run."""
     return _best_spot(ctx, candidates)[0]
 
@@ -135,7 +150,7 @@ def _best_spot(ctx: RankingContext,
     for key in keys or [("", "", "", "", True)]:
         est = memory.estimate(key, ctx.now)
         per_event = (ctx.restart_s + lost_work_s(ctx) / 2
-                     + launch_wait_s(est.long_run_no_capacity, ctx))
+                     + future_wait_s(est.long_run_no_capacity, ctx))
         best = min(best, (est.hazard_per_hour * per_event,
                           launch_wait_s(est.p_no_capacity, ctx)))
     return best
@@ -144,11 +159,15 @@ def _best_spot(ctx: RankingContext,
 def slack_needed_s(ctx: RankingContext, candidates: list[Candidate] | None = None) -> float:
     """The slack to keep for the rest of the job: the safety reserve, the expected wait for
     the next start (capacity now, counted once), and the expected use of the remaining spot
-    work at the best spot candidate (failed launches at the long-run capacity share).
+    work at the best spot candidate (failed launches at the long-run capacity share, each
+    outage at most what bridging it with on-demand costs in slack).
 
     The capacity-now estimate is a short-lived state (1 h half-life): right after a failed
     launch it is high, and extrapolating it over every future start (as this line did before)
-    made the job buy on-demand hours for outages that were over within minutes."""
+    made the job buy on-demand hours for outages that were over within minutes. A later
+    outage costs the slack of waiting it out or, when that is more, of bridging it; reserving
+    the whole wait for every expected outage bought on-demand hours for outages the job
+    could have bridged if and when they came (docs/policy.md, multinode-s1-16n)."""
     assert ctx.expected_runtime_s is not None
     remaining_h = max(0.0, ctx.expected_runtime_s - ctx.progress_s) / 3600
     rate, wait_now = _best_spot(ctx, candidates)
@@ -239,23 +258,49 @@ def job_loss_rate_h(ctx: RankingContext, model_rate_h: float) -> float:
     return (lost_h + model_rate_h * weight_h) / (ctx.progress_s / 3600 + weight_h)
 
 
+def future_loss_h(p: Placement, ctx: RankingContext) -> float:
+    """Hours of slack the rest of the job is expected to lose *after* this start: per
+    expected preemption a restart, half a checkpoint interval without a usable notice, and
+    the wait for the next start at the zone's *long-run* no-capacity share."""
+    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    remaining_h = _remaining_h(ctx) or 0.0
+    per_preemption = (ctx.restart_s + lost_work_s(ctx) / 2
+                      + launch_wait_s(est.long_run_no_capacity, ctx))
+    return remaining_h * est.hazard_per_hour * per_preemption / 3600
+
+
+def future_loss_var_h2(p: Placement, ctx: RankingContext) -> float:
+    """Variance (h^2) of :func:`future_loss_h` under its own model: preemptions arrive as a
+    Poisson process (mean ``remaining_h x hazard``), each losing a fixed ``c`` (restart and
+    half a checkpoint interval) plus a wait for capacity taken as exponential with the mean
+    ``w`` of :func:`launch_wait_s` at the long-run share. A compound Poisson sum has variance
+    ``mean count x E[X^2]``, here ``E[X^2] = (c + w)^2 + w^2``."""
+    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    remaining_h = _remaining_h(ctx) or 0.0
+    c = (ctx.restart_s + lost_work_s(ctx) / 2) / 3600
+    w = launch_wait_s(est.long_run_no_capacity, ctx) / 3600
+    return remaining_h * est.hazard_per_hour * ((c + w) ** 2 + w ** 2)
+
+
+def wait_now_h(p: Placement, ctx: RankingContext) -> float:
+    """Hours this start is expected to wait for capacity (the capacity-now estimate)."""
+    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    return launch_wait_s(est.p_no_capacity, ctx) / 3600
+
+
 def expected_loss_h(p: Placement, ctx: RankingContext) -> float:
     """Hours of slack the rest of the job is expected to lose if it starts at this spot
     placement now: the wait for this start (capacity now), then per expected preemption a
     restart, half a checkpoint interval without a usable notice, and the wait for the next
     start at the zone's *long-run* no-capacity share. The capacity-now estimate is a
     short-lived state and is counted once, not extrapolated over every future start."""
-    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
-    remaining_h = _remaining_h(ctx) or 0.0
-    per_preemption = (ctx.restart_s + lost_work_s(ctx) / 2
-                      + launch_wait_s(est.long_run_no_capacity, ctx))
-    return (launch_wait_s(est.p_no_capacity, ctx)
-            + remaining_h * est.hazard_per_hour * per_preemption) / 3600
+    return wait_now_h(p, ctx) + future_loss_h(p, ctx)
 
 
 def slack_value_per_hour(price: float, ondemand_price: float, rate_h: float,
                          ctx: RankingContext, job_rate_h: float = 0.0,
-                         loss_h: float | None = None) -> float:
+                         loss_h: float | None = None, wait_h: float = 0.0,
+                         loss_var_h2: float | None = None) -> float:
     """Dollars one hour of lost wall time is expected to cost a job with a deadline.
 
     Time lost is bought back on on-demand, at ``ondemand_price - price`` per hour, only if
@@ -267,13 +312,25 @@ def slack_value_per_hour(price: float, ondemand_price: float, rate_h: float,
     spare)``: the worst case for any loss distribution with that mean, since bursts of
     preemptions and outages make the real one heavy-tailed and unknown. A zone that keeps
     failing has a large expected loss, so its time is charged at the full premium quickly;
-    a job with ample slack charges little and takes the cheapest zone."""
+    a job with ample slack charges little and takes the cheapest zone.
+
+    ``wait_h``: the wait this start is expected to spend now. It is not a risk to bound but
+    slack spent first, so it comes off the spare slack and the bound applies to the rest
+    of the loss (``loss_h`` then excludes it, :func:`future_loss_h`):
+    ``min(1, loss / (spare - wait))``.
+
+    ``loss_var_h2``: the variance of the loss (:func:`future_loss_var_h2`). Given it, the
+    chance is also bounded by Cantelli's one-sided inequality, ``var / (var + (spare -
+    loss)^2)`` when the spare slack exceeds the expected loss: the worst case for any
+    distribution with that mean and variance. Both are upper bounds; the smaller counts.
+    Far from the deadline Markov's bound alone charged a job with 10 h to spare about a
+    tenth of the premium for every hour it waited (docs/policy.md, multinode rows)."""
     slack = slack_s(ctx)
     remaining_h = _remaining_h(ctx)
     if slack is None or remaining_h is None:
         return price
     premium = max(0.0, ondemand_price - price)
-    spare_h = max(0.0, slack - safety_reserve_s(ctx)) / 3600
+    spare_h = max(0.0, slack - safety_reserve_s(ctx)) / 3600 - wait_h
     if loss_h is None:
         loss_h = remaining_h * rate_h
     loss_h = max(loss_h, remaining_h * job_rate_h)
@@ -281,7 +338,10 @@ def slack_value_per_hour(price: float, ondemand_price: float, rate_h: float,
         return premium
     if loss_h <= 0.0:
         return 0.0
-    return premium * min(1.0, loss_h / spare_h)
+    chance = min(1.0, loss_h / spare_h)
+    if loss_var_h2 is not None and spare_h > loss_h:
+        chance = min(chance, loss_var_h2 / (loss_var_h2 + (spare_h - loss_h) ** 2))
+    return premium * chance
 
 
 def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, str]:
@@ -289,9 +349,10 @@ def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, st
 
     The money: each preemption costs a paid restart plus the work lost since the last
     checkpoint. The time (:func:`slack_rate_h`): restarts, lost work and failed launches, at
-    :func:`slack_value_per_hour` under a deadline, with the rest of the job's expected loss
-    from :func:`expected_loss_h`; without one, failed launches are valued at the placement's
-    price (restarts are already paid for).
+    :func:`slack_value_per_hour` under a deadline, with the wait for this start taken off the
+    spare slack (:func:`wait_now_h`) and the rest of the job's expected loss and its variance
+    from :func:`future_loss_h` and :func:`future_loss_var_h2`; without one, failed launches
+    are valued at the placement's price (restarts are already paid for).
     """
     price, price_label = _price(p, ctx)
     if not p.use_spot:
@@ -305,7 +366,8 @@ def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, st
         cost = money + price * (rate_h - hazard * loss_h)
         return cost, f"{price_label}, {est.describe()}"
     value = slack_value_per_hour(price, p.offering.ondemand_price, rate_h, ctx,
-                                 loss_h=expected_loss_h(p, ctx))
+                                 loss_h=future_loss_h(p, ctx), wait_h=wait_now_h(p, ctx),
+                                 loss_var_h2=future_loss_var_h2(p, ctx))
     cost = money + value * rate_h
     return cost, (f"{price_label}, {est.describe()}, loses {rate_h * 60:.1f} min/h"
                   f" at ${value:.2f}/h")

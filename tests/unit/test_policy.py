@@ -8,10 +8,13 @@ from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.recovery.placement import Candidate, match
 from skyjobs.recovery.policy import (
     RankingContext,
+    bridge_s,
     deadline_decision,
     effective_strategy,
     expected_cost_per_hour,
     expected_loss_h,
+    future_loss_h,
+    future_loss_var_h2,
     job_loss_rate_h,
     launch_wait_s,
     memory_key,
@@ -20,6 +23,7 @@ from skyjobs.recovery.policy import (
     slack_needed_s,
     slack_rate_h,
     slack_value_per_hour,
+    wait_now_h,
     zone_key,
 )
 from skyjobs.spec import JobRecovery, TaskSpec
@@ -187,6 +191,25 @@ def test_pacing_line_counts_the_capacity_now_once_and_the_long_run_for_future_st
     assert old > 1.9 * expect
 
 
+def test_pacing_line_caps_each_later_outage_at_the_slack_of_bridging_it():
+    # Twenty failed launches: the long-run share is 0.936, a wait of 14.7 failed launches
+    # (880 s) per later start, more than bridging the outage costs in slack (a failed try
+    # and a restart onto on-demand: 240 s). The line reserves the bridge for each.
+    mem = PreemptionMemory()
+    key = memory_key(place("us-east-1a"))
+    for _ in range(20):
+        mem.record(key, "no_capacity", 40 * H)
+    only_1a = [c for c in cands() if c.placement.zone == "us-east-1a"]
+    c = deadline_ctx("DEADLINE_AWARE", 5.0, memory=mem, now=40 * H, launch_fail_s=60.0)
+    c.expected_runtime_s = c.progress_s + 40 * H
+    c.deadline_at = c.now + 45 * H
+    long_run = (0.3 * 2 + 20) / (2 + 20)
+    now_q = (long_run + 20) / (1 + 20)
+    assert launch_wait_s(long_run, c) > bridge_s(c) == 240
+    expect = 0.1 * H + launch_wait_s(now_q, c) + 40 * 0.1 * (180 + 240)
+    assert slack_needed_s(c, only_1a) == pytest.approx(expect, rel=1e-3)
+
+
 def test_deadline_aware_goes_back_to_spot_once_the_slack_covers_the_switch():
     od = place("us-east-1a", spot=False)
     # reserve 0.1 h + a restart (180 s) + a failed try (60 s) = 0.167 h
@@ -223,6 +246,35 @@ def test_slack_value_uses_the_expected_loss_of_the_rest_of_the_job():
     assert loss == pytest.approx((wait + 10 * 0.1 * (180 + wait)) / H)
     assert slack_value_per_hour(0.90, 3.06, 0.05, c, loss_h=loss) == pytest.approx(
         2.16 * loss / 1.9)
+
+
+def test_slack_value_takes_the_wait_now_off_the_spare_slack():
+    c = deadline_ctx("DEADLINE_AWARE", 2.0)  # 1.9 h spare
+    # 0.4 h of waiting now: Markov's bound on the rest (0.5 h) against 1.5 h
+    assert slack_value_per_hour(0.90, 3.06, 0.05, c, loss_h=0.5, wait_h=0.4) == pytest.approx(
+        2.16 * 0.5 / 1.5)
+    # a wait that uses up the spare slack: the full premium
+    assert slack_value_per_hour(0.90, 3.06, 0.05, c, loss_h=0.5, wait_h=2.0) == 2.16
+    # the split of the expected loss: the wait for this start, then the rest of the job
+    p = place("us-east-1a")
+    assert expected_loss_h(p, c) == pytest.approx(wait_now_h(p, c) + future_loss_h(p, c))
+    assert wait_now_h(p, c) == pytest.approx(60 * 3 / 7 / H)
+
+
+def test_slack_value_takes_cantellis_bound_when_it_is_tighter():
+    c = deadline_ctx("DEADLINE_AWARE", 10.1)  # 10 h spare
+    # mean loss 1 h, variance 0.5 h^2: Markov 1/10, Cantelli 0.5 / (0.5 + 81)
+    v = slack_value_per_hour(0.90, 3.06, 0.05, c, loss_h=1.0, loss_var_h2=0.5)
+    assert v == pytest.approx(2.16 * 0.5 / 81.5)
+    # near the deadline (spare below the mean loss) only Markov's bound applies
+    tight = deadline_ctx("DEADLINE_AWARE", 0.6)  # 0.5 h spare
+    assert slack_value_per_hour(0.90, 3.06, 0.05, tight, loss_h=1.0,
+                                loss_var_h2=0.5) == pytest.approx(2.16)
+    # the variance of the compound Poisson loss: prior zone, 10 h left, 0.1 preemptions/h,
+    # each a 180 s restart plus an exponential wait of 0.3/0.7 x 60 s on average
+    cw, w = (180 + 60 * 3 / 7) / H, 60 * 3 / 7 / H
+    assert future_loss_var_h2(place("us-east-1a"), c) == pytest.approx(
+        10 * 0.1 * (cw ** 2 + w ** 2))
 
 
 def test_job_loss_rate_is_its_own_lost_time_per_progress_on_a_prior():
