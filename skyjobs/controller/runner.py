@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import structlog
 
+from skyjobs.config import ControllerConfig
 from skyjobs.controller import store as st
 from skyjobs.controller.messages import Message
 from skyjobs.exceptions import (
@@ -25,8 +26,10 @@ from skyjobs.exceptions import (
     ProviderError,
 )
 from skyjobs.pricing.catalog import Placement
+from skyjobs.pricing.prices import PriceBook
 from skyjobs.providers import base
 from skyjobs.recovery import decide
+from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.recovery.placement import Candidate, match
 from skyjobs.recovery.policy import Ranked, RankingContext, deadline_decision, memory_key, rank
 from skyjobs.spec import TaskSpec
@@ -60,8 +63,17 @@ MAX_AGENT_FAILURES = 3
 
 def ranking_context(sv: Services, spec: TaskSpec, job: st.Job | None,
                     attempts: list[st.Attempt], now: float) -> RankingContext:
-    """What the placement policy may know about this job; also used by `skyjobs plan`."""
-    cfg = sv.config
+    """What the placement policy may know about this job (its task's attempts so far)."""
+    return policy_context(sv.config, sv.memory, sv.price_book, sv.placement_of, spec, job,
+                          attempts, now)
+
+
+def policy_context(cfg: ControllerConfig, memory: PreemptionMemory, prices: PriceBook,
+                   placement_of: Callable[[st.Attempt], Placement], spec: TaskSpec,
+                   job: st.Job | None, attempts: list[st.Attempt],
+                   now: float) -> RankingContext:
+    """The ranking inputs, from parts: also what `skyjobs plan` uses for a job not yet
+    submitted (no job, no attempts), with or without a controller."""
     rec = spec.resources.job_recovery
     cooldown: dict[tuple[str, str, str], float] = {}
     last_preempted = None
@@ -74,22 +86,22 @@ def ranking_context(sv: Services, spec: TaskSpec, job: st.Job | None,
     last = next((a for a in reversed(attempts) if a.end_reason != EndReason.NO_CAPACITY), None)
     last_end = (EndReason.PREEMPTED if last.notice_at else last.end_reason) if last else None
     # Restore time is not progress: each restart's first minutes redo or reload work.
-    progress = sum(max(0.0, (a.ended_at or now) - a.running_at - (cfg.restart_estimate
-                                                                  if a.n > 1 else 0.0))
-                   for a in attempts if a.running_at)
+    progress = sum(max(0.0, (a.ended_at or now) - a.running_at
+                       - (cfg.restart_estimate if i > 0 else 0.0))
+                   for i, a in enumerate(attempts) if a.running_at)
     clouds = spec.resources.choices()[0].cloud
     return RankingContext(
         strategy=spec.resources.strategy, ordered=spec.resources.is_ordered, now=now,
-        last=sv.placement_of(last) if last else None, last_end=last_end, cooldown=cooldown,
+        last=placement_of(last) if last else None, last_end=last_end, cooldown=cooldown,
         deadline_at=(job.submitted_at if job else now) + rec.deadline_hours * 3600
         if rec.deadline_hours else None,
         expected_runtime_s=rec.expected_runtime_hours * 3600
         if rec.expected_runtime_hours else None,
-        progress_s=progress, memory=sv.memory, prices=sv.price_book,
+        progress_s=progress, memory=memory, prices=prices,
         restart_s=cfg.restart_estimate, checkpoint_interval_s=cfg.checkpoint_interval_estimate,
         notice_s=NOTICE_SECONDS.get(clouds or "local", 30.0),
         submitted_at=job.submitted_at if job else now,
-        last_preempted=sv.placement_of(last_preempted) if last_preempted else None,
+        last_preempted=placement_of(last_preempted) if last_preempted else None,
     )
 
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from skyjobs.checkpoint.buckets import local_bucket_dir
 from skyjobs.config import ControllerConfig
 from skyjobs.controller import store as st
-from skyjobs.controller.runner import NOTICE_SECONDS
+from skyjobs.controller.runner import policy_context
 from skyjobs.exceptions import SpecError
-from skyjobs.pricing.catalog import Catalog, Offering, load_cloud, shipped_clouds
+from skyjobs.pricing.catalog import Catalog, Offering, Placement, load_cloud, shipped_clouds
 from skyjobs.pricing.prices import PriceBook, Quote
 from skyjobs.providers import base
 from skyjobs.recovery.memory import PreemptionMemory
@@ -144,19 +144,13 @@ def plan_catalog(enabled: Catalog) -> Catalog:
 
 def fresh_ranking_context(config: ControllerConfig, spec: TaskSpec, memory: PreemptionMemory,
                           prices: PriceBook, now: float) -> RankingContext:
-    """What the placement policy knows about a job not yet submitted: the same as
-    ``runner.ranking_context`` for a job with no attempts (tests keep the two equal), built
-    from a config alone so the CLI can plan with no controller."""
-    rec = spec.resources.job_recovery
-    cloud = spec.resources.choices()[0].cloud
-    return RankingContext(
-        strategy=spec.resources.strategy, ordered=spec.resources.is_ordered, now=now,
-        deadline_at=now + rec.deadline_hours * 3600 if rec.deadline_hours else None,
-        expected_runtime_s=rec.expected_runtime_hours * 3600
-        if rec.expected_runtime_hours else None,
-        progress_s=0.0, memory=memory, prices=prices, restart_s=config.restart_estimate,
-        checkpoint_interval_s=config.checkpoint_interval_estimate,
-        notice_s=NOTICE_SECONDS.get(cloud or "local", 30.0), submitted_at=now)
+    """What the placement policy knows about a job not yet submitted (the runner's own
+    context with no job and no attempts), from a config alone so the CLI can plan with no
+    controller."""
+    def no_attempts(_: st.Attempt) -> Placement:
+        raise AssertionError("a job not yet submitted has no attempts")
+
+    return policy_context(config, memory, prices, no_attempts, spec, None, [], now)
 
 
 def bucket_problems(spec: TaskSpec, enabled: set[str], buckets_root: Path,

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from skyjobs.config import load_config
 from skyjobs.controller import views
-from skyjobs.controller.runner import ranking_context
 from skyjobs.exceptions import SpecError
 from skyjobs.pricing.catalog import Catalog
 from skyjobs.pricing.prices import PriceBook, price_key
@@ -27,14 +25,20 @@ from tests.unit.harness import Harness
     {"cloud": "local", "job_recovery": {"strategy": "DEADLINE_AWARE", "deadline_hours": 10,
                                         "expected_runtime_hours": 5}},
 ])
-def test_fresh_context_is_the_runners_context_of_a_job_with_no_attempts(
+def test_fresh_context_is_a_job_with_no_history(
         tmp_path: Path, resources: dict[str, Any]) -> None:
+    """`plan` ranks with the runner's own context code, for a job with no attempts."""
     cfg = load_config(state_dir=tmp_path, restart_estimate=77, checkpoint_interval_estimate=99)
     spec = parse_task({"resources": resources, "run": "x"})
     memory, prices, now = PreemptionMemory(), PriceBook(), time.time()
-    services = SimpleNamespace(config=cfg, memory=memory, price_book=prices)
-    expected = ranking_context(services, spec, None, [], now)  # type: ignore[arg-type]
-    assert views.fresh_ranking_context(cfg, spec, memory, prices, now) == expected
+    ctx = views.fresh_ranking_context(cfg, spec, memory, prices, now)
+    assert (ctx.last, ctx.last_end, ctx.cooldown, ctx.progress_s) == (None, None, {}, 0.0)
+    assert (ctx.restart_s, ctx.checkpoint_interval_s) == (77, 99)
+    assert ctx.memory is memory and ctx.prices is prices and ctx.submitted_at == now
+    rec = spec.resources.job_recovery
+    assert ctx.deadline_at == (now + rec.deadline_hours * 3600 if rec.deadline_hours
+                               else None)
+    assert ctx.strategy == spec.resources.strategy
 
 
 def test_plan_ranks_every_cloud_marks_enabled_and_picks_among_enabled(tmp_path: Path) -> None:
