@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from skyjobs.controller import store as st
@@ -11,7 +13,6 @@ from skyjobs.pricing.prices import PriceBook
 from skyjobs.providers.base import PriceSource, Provider, ability
 from skyjobs.recovery.placement import match
 from skyjobs.spec import TaskSpec
-from skyjobs.states import LIVE
 
 log = structlog.get_logger("skyjobs.prices")
 
@@ -23,17 +24,33 @@ class PricePoller:
         self.catalog = catalog
         self.providers = providers
         self.price_book = price_book
+        self._per_task: dict[tuple[int, int], frozenset[Offering]] = {}
 
     async def offerings_in_use(self) -> dict[str, set[Offering]]:
-        """Spot offerings any live job could be placed on, by cloud."""
+        """Spot offerings any live job could be placed on, by cloud.
+
+        A job's task never changes, so its offerings are matched once and cached; a poll
+        costs a set union per live job, not a validation and a catalog match each (at
+        10,000 jobs that was seconds of frozen event loop per poll)."""
+        keys = set(await self.store.call(self.store.sync.live_task_keys))
+        for gone in [k for k in self._per_task if k not in keys]:
+            del self._per_task[gone]
+        new = sorted({job_id for job_id, _ in keys - self._per_task.keys()})
+        if new:
+            for job in await self.store.call(self.store.sync.jobs_by_id, new):
+                self._per_task[(job.id, job.task_index)] = self._offerings_of(job)
+                await asyncio.sleep(0)  # a burst of new jobs must not freeze the loop
         out: dict[str, set[Offering]] = {}
-        jobs = await self.store.call(self.store.sync.list_jobs, sorted(LIVE), 1_000_000, 0)
-        for job in jobs:
-            spec = TaskSpec.model_validate(job.task_entry()["spec"])
-            for cand in match(spec, self.catalog, with_on_demand_twins=True):
-                if cand.placement.use_spot or cand.placement.offering.spot_price is not None:
-                    out.setdefault(cand.placement.cloud, set()).add(cand.placement.offering)
+        for offerings in self._per_task.values():
+            for o in offerings:
+                out.setdefault(o.cloud, set()).add(o)
         return out
+
+    def _offerings_of(self, job: st.Job) -> frozenset[Offering]:
+        spec = TaskSpec.model_validate(job.task_entry()["spec"])
+        return frozenset(c.placement.offering
+                         for c in match(spec, self.catalog, with_on_demand_twins=True)
+                         if c.placement.use_spot or c.placement.offering.spot_price is not None)
 
     async def poll(self) -> None:
         """Refresh spot prices of the offerings live jobs can use, per provider."""

@@ -400,6 +400,23 @@ class SyncStore:
         rows = self.conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
         return {r[0]: r[1] for r in rows}
 
+    def live_task_keys(self) -> list[tuple[int, int]]:
+        """(job id, task index) of every live job: what the price poller's cache is keyed
+        on (a job's task never changes, so its offerings are matched once)."""
+        marks = ",".join("?" * len(LIVE))
+        rows = self.conn.execute(f"SELECT id, task_index FROM jobs WHERE status IN ({marks})",
+                                 tuple(LIVE)).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def jobs_by_id(self, job_ids: list[int]) -> list[Job]:
+        out: list[Job] = []
+        for chunk in range(0, len(job_ids), 500):
+            ids = job_ids[chunk:chunk + 500]
+            rows = self.conn.execute(
+                f"SELECT * FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()
+            out.extend(_job(r) for r in rows)
+        return out
+
     def live_job_ids(self) -> list[int]:
         marks = ",".join("?" * len(LIVE))
         rows = self.conn.execute(f"SELECT id FROM jobs WHERE status IN ({marks}) ORDER BY id",
