@@ -176,6 +176,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN task_count INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE attempts ADD COLUMN task_index INTEGER NOT NULL DEFAULT 0;
     """,
+    # Node-hours and cost of ended attempts, kept up to date as each attempt ends (in its
+    # transaction), so a metrics scrape reads a few rows instead of every attempt ever.
+    """
+    CREATE TABLE usage_totals (
+        cloud TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        use_spot INTEGER NOT NULL,
+        node_hours REAL NOT NULL,
+        cost REAL NOT NULL,
+        PRIMARY KEY (cloud, zone, instance_type, use_spot)
+    );
+    INSERT INTO usage_totals
+        SELECT cloud, zone, instance_type, use_spot, SUM(h), SUM(h * price_per_hour)
+        FROM (SELECT cloud, zone, instance_type, use_spot, price_per_hour,
+                     node_hours(created_at, ended_at, num_nodes, ended_at) AS h
+              FROM attempts WHERE status = 'ended')
+        GROUP BY cloud, zone, instance_type, use_spot;
+    CREATE INDEX attempts_status ON attempts(status);
+    """,
 ]
 
 
@@ -494,12 +514,16 @@ class SyncStore:
                       " WHERE id=?", (next_at, error[:500], outbox_id))
 
     def usage_by_offering(self, now: float) -> list[dict[str, Any]]:
-        """Node-hours and cost of every attempt ever, summed per offering (for metrics)."""
+        """Node-hours and cost of every attempt ever, summed per offering (for metrics): the
+        running totals of ended attempts plus the attempts still open."""
         rows = self.conn.execute(
-            "SELECT cloud, zone, instance_type, use_spot, SUM(h) AS node_hours,"
-            " SUM(h * price_per_hour) AS cost FROM (SELECT cloud, zone, instance_type,"
-            " use_spot, price_per_hour, node_hours(created_at, ended_at, num_nodes, ?) AS h"
-            " FROM attempts) GROUP BY cloud, zone, instance_type, use_spot", (now,)).fetchall()
+            "SELECT cloud, zone, instance_type, use_spot, SUM(node_hours) AS node_hours,"
+            " SUM(cost) AS cost FROM (SELECT cloud, zone, instance_type, use_spot, node_hours,"
+            " cost FROM usage_totals UNION ALL SELECT cloud, zone, instance_type, use_spot, h,"
+            " h * price_per_hour FROM (SELECT cloud, zone, instance_type, use_spot,"
+            " price_per_hour, node_hours(created_at, ended_at, num_nodes, ?) AS h"
+            " FROM attempts WHERE status IN ('launching', 'provisioning', 'running')))"
+            " GROUP BY cloud, zone, instance_type, use_spot", (now,)).fetchall()
         return [dict(r) for r in rows]
 
     def outbox_stats(self) -> dict[str, int]:
@@ -616,10 +640,17 @@ class SyncStore:
                      end_reason: str, exit_code: int | None, now: float) -> tuple[int, str]:
         row = self._attempt_row(c, job_id, attempt_id)
         end_reason = EndReason(end_reason)  # a reason outside the enum is a bug: fail here
+        a = _attempt(row)
         if row["status"] != "ended":
             c.execute("UPDATE attempts SET status='ended', ended_at=?, end_reason=?, exit_code=?"
                       " WHERE id=?", (now, end_reason, exit_code, attempt_id))
-        a = _attempt(row)
+            hours = node_hours(a.created_at, now, a.num_nodes, now)
+            c.execute("INSERT INTO usage_totals(cloud, zone, instance_type, use_spot,"
+                      " node_hours, cost) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                      " node_hours = node_hours + excluded.node_hours,"
+                      " cost = cost + excluded.cost",
+                      (a.cloud, a.zone, a.instance_type, int(a.use_spot), hours,
+                       hours * a.price_per_hour))
         return a.n, a.placement_label()
 
     def end_attempt(self, job_id: int, attempt_id: int, end_reason: str,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,45 @@ def test_no_capacity_rounds_count_until_the_job_really_runs(db: st.SyncStore) ->
     db.transition(job, st.RUNNING, "running", running_attempt=a.id,
                   job_updates={"launch_rounds": 0})
     assert db.get_job(job).launch_rounds == 0
+
+
+def test_usage_totals_match_a_scan_of_every_attempt(db: st.SyncStore) -> None:
+    """The metrics' running totals (kept as attempts end) equal summing every attempt."""
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    ended = []
+    for _ in range(3):
+        a = db.begin_attempt(job, placement(), 2, "sjx", "try")
+        time.sleep(0.01)
+        db.end_attempt(job, a.id, "no_capacity", None, "no capacity")
+        ended.append(a.id)
+    live = db.begin_attempt(job, placement(), 2, "sjx", "try")
+    now = time.time() + 1.0
+    usage = db.usage_by_offering(now)
+    attempts = db.attempts_of(job)
+    assert len(usage) == 1
+    assert usage[0]["node_hours"] == pytest.approx(sum(a.node_hours(now) for a in attempts))
+    assert usage[0]["cost"] == pytest.approx(sum(a.cost(now) for a in attempts))
+    db.end_attempt(job, ended[0], "no_capacity", None, "again")  # ending twice adds nothing
+    assert db.usage_by_offering(now)[0]["cost"] == pytest.approx(usage[0]["cost"])
+    assert live.status == "launching"
+
+
+def test_the_usage_migration_backfills_ended_attempts(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = st.SyncStore(path)
+    job = old.create_job("j", {"spec": {}}, False, "sky")
+    a = old.begin_attempt(job, placement(), 1, "sjx", "try")
+    old.end_attempt(job, a.id, "no_capacity", None, "no capacity")
+    expected = old.usage_by_offering(time.time())
+    # Back to the schema before the totals existed, keeping the attempt.
+    old.conn.execute("DROP TABLE usage_totals")
+    old.conn.execute("DROP INDEX attempts_status")
+    old.conn.execute(f"PRAGMA user_version = {len(st.MIGRATIONS) - 1}")
+    old.close()
+    reopened = st.SyncStore(path)
+    try:
+        assert reopened.schema_version() == len(st.MIGRATIONS)
+        got = reopened.usage_by_offering(time.time())
+        assert got[0]["cost"] == pytest.approx(expected[0]["cost"])
+    finally:
+        reopened.close()
