@@ -46,7 +46,8 @@ def _quiet_logger() -> logging.Logger:
     # structlog and metrics; its own stdlib lines would only duplicate them unformatted.
     quiet = logging.getLogger("skyjobs.apscheduler")
     quiet.propagate = False
-    quiet.addHandler(logging.NullHandler())
+    if not quiet.handlers:  # one per process, however many controllers a test starts
+        quiet.addHandler(logging.NullHandler())
     return quiet
 
 

@@ -428,16 +428,13 @@ class JobRunner:
             if job.task_count > 1 else reason
 
     async def _next_task(self, snap: st.Snapshot, attempt: st.Attempt) -> None:
-        """A pipeline's task succeeded: end its attempts and start the next task."""
+        """A pipeline's task succeeded: end its attempts (one transaction) and start the next
+        task; their instances are released now, or by the reaper after a crash."""
         job = snap.job
         await self._db(self.s.next_task, job.id, attempt.id,
                        f"task {job.task_index + 1}/{job.task_count} succeeded; starting task "
                        f"{job.task_index + 2}", self._exposure(attempt))
         self.sv.wake_webhooks()
-        for other in snap.task_attempts:
-            if other.id != attempt.id and other.status != AttemptStatus.ENDED:
-                await self._db(self.s.end_attempt, job.id, other.id, EndReason.SUPERSEDED,
-                               None, "its task succeeded on another attempt")
         fresh: st.Snapshot = await self._db(self.s.snapshot, self.job_id)
         await self._release_all(fresh.attempts)
         self.tried.clear()

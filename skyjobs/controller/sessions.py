@@ -53,6 +53,9 @@ class AgentSessions:
         self.drain: set[int] = set()  # attempts asked to checkpoint and exit (migration)
         self._go_waiters: dict[int, asyncio.Event] = {}
         self.last_seen: dict[tuple[int, int], float] = {}
+        # Ranks heard per attempt: heard_any and forget look up one attempt, not every agent
+        # (the monitor asks about each provisioning attempt on every poll).
+        self._ranks: dict[int, set[int]] = {}
         self.silent_since: dict[int, float] = {}
         self._launched_at: dict[int, float] = {}
         self.started_mono = time.monotonic()
@@ -92,9 +95,10 @@ class AgentSessions:
     def heard(self, attempt_id: int, rank: int) -> None:
         """An agent of this attempt spoke (any request): it is alive."""
         self.last_seen[(attempt_id, rank)] = time.monotonic()
+        self._ranks.setdefault(attempt_id, set()).add(rank)
 
     def heard_any(self, attempt_id: int) -> bool:
-        return any(k[0] == attempt_id for k in self.last_seen)
+        return attempt_id in self._ranks
 
     def launched(self, attempt_id: int) -> None:
         """The cloud accepted this attempt's launch (instances may not be visible yet)."""
@@ -114,8 +118,8 @@ class AgentSessions:
             waiter.set()  # answer a held heartbeat of an attempt that is over
         self.silent_since.pop(attempt_id, None)
         self._launched_at.pop(attempt_id, None)
-        for key in [k for k in self.last_seen if k[0] == attempt_id]:
-            del self.last_seen[key]
+        for rank in self._ranks.pop(attempt_id, ()):
+            self.last_seen.pop((attempt_id, rank), None)
 
     def _last_heard(self, a: st.Attempt, ranks: Iterable[int], now: float) -> float:
         # A node not heard yet is measured from its launch (or from this controller's start

@@ -743,6 +743,12 @@ class SyncStore:
             for event in zone_events or ():
                 self._zone_event(c, *event, now=now)
             n, label = self._end_attempt(c, job_id, attempt_id, EndReason.SUCCEEDED, 0, now)
+            # Any other attempt of the finished task (a migration's replacement) ends with it,
+            # in this transaction: left open past a crash, it would block the next task's go.
+            for row in c.execute("SELECT id FROM attempts WHERE job_id=? AND task_index=? AND"
+                                 " status!='ended' AND id!=?",
+                                 (job_id, job["task_index"], attempt_id)).fetchall():
+                self._end_attempt(c, job_id, row["id"], EndReason.SUPERSEDED, None, now)
             updates = {"task_index": job["task_index"] + 1, "restart_count": 0,
                        "launch_rounds": 0, "reason": reason}
             if job["status"] == PROVISIONING:  # it finished while moving (a migration)

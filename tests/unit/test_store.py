@@ -210,3 +210,22 @@ def test_the_usage_migration_backfills_ended_attempts(tmp_path: Path) -> None:
         assert got[0]["cost"] == pytest.approx(expected[0]["cost"])
     finally:
         reopened.close()
+
+
+def test_next_task_ends_the_finished_tasks_other_attempts_in_the_same_transaction(
+        db: st.SyncStore) -> None:
+    """A pipeline task that finished while a migration's replacement was up: both end in
+    the one commit that moves the job on, so a crash right after leaves nothing open that
+    would hold the next task's go gate shut."""
+    job = db.create_jobs("p", {"spec": {}}, False, "sky", 1, task_count=2)[0]
+    done = db.begin_attempt(job, placement(), 1, "sjx", "task 1")
+    db.transition(job, st.RUNNING, "running", running_attempt=done.id)
+    db.transition(job, st.RECOVERING, "moving")
+    spare = db.begin_attempt(job, placement(), 1, "sjx", "replacement")
+    db.next_task(job, done.id, "task 1/2 succeeded; starting task 2")
+    by_id = {a.id: a for a in db.attempts_of(job)}
+    assert (by_id[done.id].end_reason, by_id[spare.id].end_reason) == ("succeeded",
+                                                                        "superseded")
+    j = db.get_job(job)
+    assert (j.task_index, j.status) == (1, st.PROVISIONING)
+    assert {a.id for a in db.attempts_to_release()} == {done.id, spare.id}
