@@ -50,8 +50,8 @@ class Services:
     instance_prefix: str  # every instance id starts with it; the orphan sweep's key
     url: str = ""  # where this controller serves (set once the HTTP site is up)
     started_at: float = field(default_factory=time.time)
-    launch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
-    _offerings: dict[tuple[str, str, str], Offering] = field(default_factory=dict)
+    launch_slots: asyncio.Semaphore = field(init=False)  # max_concurrent_launches
+    _offerings: dict[tuple[str, str, str], Offering] = field(init=False)
 
     def __post_init__(self) -> None:
         self.launch_slots = asyncio.Semaphore(self.config.max_concurrent_launches)
