@@ -170,4 +170,8 @@ def make_bucket(entry: dict[str, Any], fs_root: Path | None) -> Bucket:
         from skyjobs.node.s3 import S3Bucket  # type: ignore[import-not-found,unused-ignore]
 
         return S3Bucket(target, entry["source"], entry["mode"])  # type: ignore[no-any-return,unused-ignore]
+    if scheme == "gs":
+        from skyjobs.node.gcs import GcsBucket  # stdlib only, but most nodes never need it
+
+        return GcsBucket(target, entry["source"], entry["mode"])
     raise ValueError(f"{entry['source']}: buckets of scheme {scheme}:// are not supported here")
