@@ -502,8 +502,9 @@ def _plan_task(state_dir: Path, url: str | None, spec: Any, task: Any,
     ctx = views.fresh_ranking_context(cfg, spec, PreemptionMemory(),
                                       PriceBook(cfg.price_max_age), time.time())
     try:
-        reply = views.plan_reply(spec, views.plan_catalog(Catalog.for_clouds(enabled)),
-                                 enabled, ctx, state_dir / "buckets")
+        catalog = Catalog.for_clouds(enabled, state_dir=state_dir)
+        reply = views.plan_reply(spec, views.plan_catalog(catalog), enabled, ctx,
+                                 state_dir / "buckets")
     except SkyjobsError as err:
         raise SkyjobsError(f"{source}: {err}") from None
     reply["enabled_by"] = "this machine's config; no controller running: list prices"
@@ -557,7 +558,7 @@ def _run_checks(state_dir: Path, url: str | None, file: Path | None) -> list[Fin
     ready = {c["cloud"]: c for c in (controller or {}).get("clouds", [])}
     # Without a controller, the clouds of this machine's config are the ones that must work.
     must_work = controller is None
-    for cloud in sorted({*shipped_clouds(), "local", "aws", *enabled}):
+    for cloud in sorted({*shipped_clouds(), "local", "aws", "gcp", *enabled}):
         on = cloud in enabled
         if cloud in ready:
             r = ready[cloud]
@@ -568,19 +569,22 @@ def _run_checks(state_dir: Path, url: str | None, file: Path | None) -> list[Fin
             out.append(Finding(cloud, f"{'enabled' if on else 'not enabled'}: always available "
                                f"(processes on this machine; {len(load_cloud('local'))} "
                                "offerings)"))
-        elif cloud == "aws":
+        elif cloud in ("aws", "gcp"):
             if not on:
-                out.append(Finding(cloud, "not enabled (SKYJOBS_CLOUDS=aws,local or clouds: "
-                                   "[aws, local] in config.yaml; see docs/aws.md)"))
+                out.append(Finding(cloud, f"not enabled (SKYJOBS_CLOUDS={cloud},local or "
+                                   f"clouds: [{cloud}, local] in config.yaml; see "
+                                   f"docs/{cloud}.md)"))
             elif controller is None:
                 out.append(Finding(cloud, "enabled in this machine's config"))
         else:
             out.append(Finding(cloud, f"{'enabled' if on else 'not enabled'}: no provider in "
                                "this build (`skyjobs plan` ranks its catalog; jobs cannot "
                                "launch there yet)", fatal=on and must_work))
+        # This machine's view (the controller's own was checked when it started).
         if cloud == "aws":
-            # This machine's view (the controller's own was checked when it started).
             out.extend(asyncio.run(_check_aws(fatal=on and must_work)))
+        elif cloud == "gcp":
+            out.extend(_check_gcp(fatal=on and must_work))
     if file is not None:
         out.extend(asyncio.run(_check_file(file, enabled, state_dir)))
     return out
@@ -628,6 +632,36 @@ async def _check_aws(fatal: bool) -> list[Finding]:
                                f"({provider.images.source(region)})"))
     finally:
         await provider.close()
+    return out
+
+
+def _check_gcp(fatal: bool) -> list[Finding]:
+    """gcp as this machine sees it: the extra installed, where Application Default
+    Credentials come from (never what they are), the project, the images launches use."""
+    try:
+        from skyjobs.providers.gcp.config import GcpConfig
+        from skyjobs.providers.gcp.credentials import describe_credentials
+    except ImportError as err:
+        return [Finding("gcp", f"the gcp extra is not installed (pip install "
+                        f"'skyjobs[gcp]'): {err}", fatal=fatal)]
+    try:
+        config = GcpConfig.from_env()
+    except SkyjobsError as err:
+        return [Finding("gcp", str(err), fatal=fatal)]
+    out: list[Finding] = []
+    found = describe_credentials(config)
+    out.append(Finding("gcp", f"credentials: {found.how}", fatal=fatal and not found.ok))
+    if found.project:
+        out.append(Finding("gcp", f"project: {found.project} ({found.project_source})"))
+    else:
+        out.append(Finding("gcp", "project: none (set SKYJOBS_GCP_PROJECT)", fatal=fatal))
+    if config.endpoint_url:
+        out.append(Finding("gcp", f"endpoint: {config.endpoint_url} (SKYJOBS_GCP_ENDPOINT_URL)"))
+    out.append(Finding("gcp", f"images: {config.image} (CPU), {config.gpu_image} (GPU); "
+                       "SKYJOBS_GCP_IMAGE / SKYJOBS_GCP_GPU_IMAGE"))
+    if not config.external_ip:
+        out.append(Finding("gcp", "nodes get no external IP: they must reach the controller "
+                           "through the VPC (Cloud NAT, VPN or a private address)"))
     return out
 
 
@@ -687,10 +721,38 @@ async def _check_buckets(spec: TaskSpec, topic: str, enabled: list[str],
                                + ("" if path.exists() else " (created on first use)")))
         elif scheme == "s3":
             out.append(await _check_s3(where, mount.source))
+        elif scheme == "gs":
+            out.append(await _check_gs(where, mount.source))
         else:
             out.append(Finding("bucket", f"{where}: {scheme}:// buckets cannot be checked: "
                                f"{cloud} has no provider in this build", fatal=True))
     return out
+
+
+async def _check_gs(where: str, source: str) -> Finding:
+    import asyncio
+
+    try:
+        from skyjobs.providers.gcp.compute import GcpProvider
+        from skyjobs.providers.gcp.config import GcpConfig
+    except ImportError as err:
+        return Finding("bucket", f"{where}: cannot check without the gcp extra: {err}",
+                       fatal=True)
+    try:
+        provider = GcpProvider(GcpConfig.from_env())
+    except SkyjobsError as err:
+        return Finding("bucket", f"{where}: {err}", fatal=True)
+    try:
+        async with asyncio.timeout(60):
+            await provider.check_bucket(source)
+        return Finding("bucket", f"{where}: reachable (listed, wrote and deleted a probe "
+                       "object with this machine's credentials)")
+    except SkyjobsError as err:
+        return Finding("bucket", f"{where}: {' '.join(str(err).split())}", fatal=True)
+    except TimeoutError:
+        return Finding("bucket", f"{where}: GCS did not answer within 60s", fatal=True)
+    finally:
+        await provider.close()
 
 
 async def _check_s3(where: str, source: str) -> Finding:
@@ -796,9 +858,11 @@ def db_command(obj: Ctx, table_name: str | None, limit: int) -> None:
 
 
 def _register_extra_commands() -> None:
+    from skyjobs.catalog_cli import catalog
     from skyjobs.demo import demo
     from skyjobs.simulate_cli import simulate
 
+    main.add_command(catalog)
     main.add_command(demo)
     main.add_command(simulate)
 

@@ -19,6 +19,8 @@ from skyjobs.providers.local_instance import kill_session, read_json, session_me
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+# Google's credential lookup would otherwise probe a GCE metadata server off loopback.
+os.environ.setdefault("NO_GCE_CHECK", "True")
 
 FAST_ENV = {
     "SKYJOBS_INSTANCE_POLL_INTERVAL": "0.5",

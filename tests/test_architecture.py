@@ -6,7 +6,7 @@ The layers, lowest first (docs/architecture.md draws them):
   1 pricing, checkpoint
   2 recovery, providers, node
   3 controller
-  4 the user's side: cli, client, demo, submission, simulate_cli, __main__
+  4 the user's side: cli, catalog_cli, client, demo, submission, simulate_cli, __main__
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ LAYERS = {
     "skyjobs.recovery": 2, "skyjobs.providers": 2, "skyjobs.node": 2,
     "skyjobs.controller": 3,
     "skyjobs.cli": 4, "skyjobs.client": 4, "skyjobs.demo": 4, "skyjobs.submission": 4,
-    "skyjobs.simulate_cli": 4, "skyjobs.__main__": 4,
+    "skyjobs.simulate_cli": 4, "skyjobs.__main__": 4, "skyjobs.catalog_cli": 4,
 }
 # Node code runs on every instance before anything is installed.
 NODE_MAY_IMPORT = ("skyjobs.node", "skyjobs.checkpoint", "skyjobs.fsutil", "skyjobs.exceptions")

@@ -573,6 +573,16 @@ async def agent_archive(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(ctl.state_dir / "archives" / f"{digest}.tar.gz")
 
 
+async def agent_zipapp(request: web.Request) -> web.Response:
+    """The node agent as one zipapp, for the boot script (docs/bootstrap.md). The node trusts
+    the sha256 its launch carried, not this header: the header is for people and caches."""
+    ctl = request.app[CTL]
+    await _attempt(request)  # an attempt the store does not know: 404, as for the task
+    dist = ctl.agent_dist
+    return web.Response(body=dist.data, content_type="application/zip",
+                        headers={"X-Skyjobs-Sha256": dist.sha256})
+
+
 async def agent_heartbeat(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     attempt_id = _attempt_id(request)
@@ -674,6 +684,7 @@ def make_app(ctl: Services) -> web.Application:
         web.get("/metrics", metrics),
         web.get("/agent/v1/attempts/{attempt}/task", agent_task),
         web.get("/agent/v1/attempts/{attempt}/archive", agent_archive),
+        web.get("/agent/v1/attempts/{attempt}/agent.pyz", agent_zipapp),
         web.post("/agent/v1/attempts/{attempt}/heartbeat", agent_heartbeat),
         web.post("/agent/v1/attempts/{attempt}/events", agent_event),
         web.post("/agent/v1/attempts/{attempt}/logs", agent_logs),

@@ -27,7 +27,7 @@ import structlog
 from aiohttp import web
 
 from skyjobs.config import ControllerConfig
-from skyjobs.controller import sdnotify
+from skyjobs.controller import agent_dist, sdnotify
 from skyjobs.controller import store as st
 from skyjobs.controller.duties import Duties
 from skyjobs.controller.messages import Message
@@ -78,7 +78,9 @@ class Controller:
                  providers: dict[str, Provider] | None = None) -> None:
         self.config = config
         self.state_dir = config.state_dir
-        self.catalog = Catalog.for_clouds(config.clouds)  # tests may swap it before start()
+        # Packaged offerings, with prices refreshed into the state dir (`catalog refresh`);
+        # tests may swap it before start().
+        self.catalog = Catalog.for_clouds(config.clouds, state_dir=config.state_dir)
         self.providers: dict[str, Provider] = providers or {}
         self.metrics = Metrics(hooks=[w.name for w in config.webhooks])
         self._services: Services | None = None
@@ -144,7 +146,10 @@ class Controller:
         self._make_providers()
         await self._prepare_providers()
         memory, prices = await self._load_evidence(store)
-        self._services = sv = self._wire(store, token, secret, f"sj{cid}", memory, prices)
+        # The node agent this process serves, and whose hash its launches announce: file
+        # reads, so in a thread, and before anything can launch or ask for it.
+        dist = await agent_dist.load_async()
+        self._services = sv = self._wire(store, token, secret, f"sj{cid}", memory, prices, dist)
         await self._serve_http(sv)
         for job_id in await store.call(store.sync.live_job_ids):
             sv.runners.start(job_id)  # re-attach to every unfinished job
@@ -165,7 +170,8 @@ class Controller:
                  live_jobs=len(sv.runners))
 
     def _wire(self, store: st.Store, token: str, secret: bytes, prefix: str,
-              memory: PreemptionMemory, prices: PriceBook) -> Services:
+              memory: PreemptionMemory, prices: PriceBook,
+              dist: agent_dist.AgentDist) -> Services:
         """Make the duties and hand each one only what it needs."""
         runners = Runners()
         webhooks = WebhookDispatcher(store, self.config.webhooks, metrics=self.metrics)
@@ -184,7 +190,8 @@ class Controller:
         sv = Services(config=self.config, store=store, catalog=self.catalog,
                       providers=self.providers, memory=memory, price_book=prices,
                       metrics=self.metrics, sessions=sessions, reaper=reaper, runners=runners,
-                      webhooks=webhooks, token=token, instance_prefix=prefix)
+                      webhooks=webhooks, token=token, instance_prefix=prefix,
+                      agent_dist=dist)
         holder.append(sv)
         runners.attach(sv)
         return sv
@@ -254,6 +261,8 @@ class Controller:
                                                       self.config.local_no_spot_zones)
             elif cloud == "aws":
                 self.providers[cloud] = self._make_aws()
+            elif cloud == "gcp":
+                self.providers[cloud] = self._make_gcp()
             else:
                 raise ConfigError(f"clouds: provider {cloud!r} is not available in this build")
         # Every cloud call is timed and counted; abilities (spot prices...) pass through.
@@ -278,6 +287,16 @@ class Controller:
         # Where status polls and the orphan sweep look for instances after a restart.
         regions = {o.region for o in self.catalog.offerings if o.cloud == "aws"}
         return AwsProvider(AwsConfig.from_env(), regions=regions)
+
+    def _make_gcp(self) -> Provider:
+        try:
+            from skyjobs.providers.gcp.compute import GcpProvider
+            from skyjobs.providers.gcp.config import GcpConfig
+        except ImportError as err:
+            raise ConfigError("clouds: gcp needs the gcp extra (pip install "
+                              f"'skyjobs[gcp]'): {err}") from None
+        zones = {o.zone for o in self.catalog.offerings if o.cloud == "gcp"}
+        return GcpProvider(GcpConfig.from_env(), zones=zones)
 
     async def _load_evidence(self, store: st.Store) -> tuple[PreemptionMemory, PriceBook]:
         """The preemption memory and the price book, rebuilt from the store."""

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from skyjobs.config import ControllerConfig
 from skyjobs.controller import store as st
+from skyjobs.controller.agent_dist import AgentDist
 from skyjobs.controller.metrics import Metrics
 from skyjobs.controller.reaper import Reaper
 from skyjobs.controller.sessions import AgentSessions
@@ -24,6 +25,7 @@ from skyjobs.exceptions import FatalProviderError
 from skyjobs.pricing.catalog import Catalog, Offering, Placement
 from skyjobs.pricing.prices import PriceBook
 from skyjobs.providers.base import LaunchRequest, Provider
+from skyjobs.providers.bootstrap import MODULES_KEY
 from skyjobs.recovery.choice import choice_for
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.spec import TaskSpec
@@ -48,6 +50,9 @@ class Services:
     webhooks: WebhookDispatcher
     token: str  # the user API's bearer token
     instance_prefix: str  # every instance id starts with it; the orphan sweep's key
+    # The node agent this controller serves (built off the loop before the first launch):
+    # nodes download it and check it against the sha256 their launch carries.
+    agent_dist: AgentDist
     url: str = ""  # where this controller serves (set once the HTTP site is up)
     started_at: float = field(default_factory=time.time)
     launch_slots: asyncio.Semaphore = field(init=False)  # max_concurrent_launches
@@ -78,8 +83,6 @@ class Services:
         placement), the agents' environments, our tags, and what the task's alternative
         that admits the placement asks for (image, boot disk, ports, labels)."""
         url = self.config.advertise_url or self.url
-        env = {"SKYJOBS_CONTROLLER_URL": url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
-               "SKYJOBS_AGENT_TOKEN": self.sessions.agent_token(attempt.id)}
         placement = self.placement_of(attempt)
         try:
             spec = TaskSpec.model_validate(job.task_entry(attempt.task_index)["spec"])
@@ -88,6 +91,15 @@ class Services:
             # what to launch with, and a retry will not change that.
             raise FatalProviderError(f"job {job.id}: stored task cannot be read: "
                                      f"{type(err).__name__}") from None
+        env = {"SKYJOBS_CONTROLLER_URL": url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
+               "SKYJOBS_AGENT_TOKEN": self.sessions.agent_token(attempt.id),
+               # The boot script runs the downloaded agent only if its hash is this one.
+               "SKYJOBS_AGENT_SHA256": self.agent_dist.sha256}
+        # COPY of an s3:// bucket runs boto3 in the agent: a node booted without pip gets
+        # it from the distro (docs/bootstrap.md); nodes without such buckets skip that.
+        if any(m.source.startswith("s3://") and m.mode == "COPY"
+               for m in spec.buckets().values()):
+            env[MODULES_KEY] = "boto3"
         choice = choice_for(spec, placement)
         tags = {"skyjobs-controller": self.instance_prefix, "skyjobs-job": str(job.id),
                 "skyjobs-attempt": str(attempt.n)}

@@ -98,7 +98,8 @@ def price_row(o: Offering, quote: Quote) -> dict[str, Any]:
             "accelerator": f"{o.accelerator}:{o.accelerator_count}" if o.accelerator else None,
             "ondemand_price": o.ondemand_price, "list_spot_price": o.spot_price,
             "spot_price": quote.price, "status": quote.status,
-            "observed_at": quote.observed_at, "price_date": o.price_date, "source": o.source}
+            "observed_at": quote.observed_at, "refreshed_at": quote.refreshed_at,
+            "price_date": o.price_date, "source": o.source}
 
 
 def agent_task(ctl: Services, job: st.Job, attempt: st.Attempt,
@@ -216,7 +217,8 @@ def cloud_readiness(name: str, provider: base.Provider, offerings: int) -> dict[
     prepared = base.ability(provider, base.NeedsPreparation) is not None
     notes = []
     if prepared:
-        notes.append("start-time checks passed (aws: an image for every region)")
+        notes.append("start-time checks passed (aws: an image for every region; gcp: "
+                     "credentials and a project)")
     if base.ability(provider, base.PriceSource) is not None:
         notes.append("live spot prices")
     if base.ability(provider, base.BucketChecker) is not None:

@@ -3,11 +3,18 @@
 Pure and in-memory: the controller's price poller calls :meth:`PriceBook.observe`; placement
 asks :meth:`PriceBook.quote`. A live price is trusted only while it is fresh, because spot
 prices move and a price read a day ago is no better a guess than the dated list price.
+
+Some clouds set spot prices per region and change them at most monthly (GCP): nothing polls
+them; an operator refreshes the list (``skyjobs catalog refresh``) and the catalog marks those
+rows ``refreshed_at``. Such a price is a list price with a known refresh time, quoted as
+``list`` with ``refreshed_at``, never as live or stale, and no observation replaces it: a
+polled price of another market under the same key must not mix with the price list.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from skyjobs.exceptions import ConfigError
@@ -35,11 +42,21 @@ class Quote:
     price: float | None
     status: PriceStatus
     observed_at: float | None = None
+    # A list price re-read from the cloud's price list at this time (epoch seconds); only
+    # with status "list". observed_at stays the time of a live reading, and only that.
+    refreshed_at: float | None = None
+
+    def status_text(self) -> str:
+        """``live``, ``stale``, ``list``, or ``list, refreshed 2026-07-01`` (UTC date)."""
+        if self.refreshed_at is None:
+            return self.status
+        day = datetime.fromtimestamp(self.refreshed_at, UTC).date().isoformat()
+        return f"{self.status}, refreshed {day}"
 
     def label(self) -> str:
         if self.price is None:
             return "no price"
-        return f"${self.price:.3f}/h ({self.status})"
+        return f"${self.price:.3f}/h ({self.status_text()})"
 
 
 class PriceBook:
@@ -64,6 +81,10 @@ class PriceBook:
 
     def quote(self, offering: Offering, use_spot: bool, now: float) -> Quote:
         listed = offering.price(use_spot)
+        if offering.refreshed_at is not None:
+            # A refreshed price list is the truth for both markets until the next refresh;
+            # its age is shown, never judged against max_age_s (it is not a poll).
+            return Quote(listed, "list", refreshed_at=offering.refreshed_at)
         if not use_spot:
             # On-demand prices change a few times a year: the dated catalog is the truth.
             return Quote(listed, "list")

@@ -111,7 +111,7 @@ class AwsConfig(BaseSettings):
     subnets: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)  # by zone
     instance_profile: str = ""  # name or ARN
     key_name: str = ""
-    package_spec: str = "skyjobs[aws]"
+    package_spec: str = ""  # empty: the agent the controller serves (docs/bootstrap.md)
     agent_user: str = ""  # empty: the agent runs as root
     # Where status and orphan sweeps look besides launch regions.
     regions: Annotated[tuple[str, ...], NoDecode] = ()
@@ -503,7 +503,8 @@ class AwsProvider:
         params: dict[str, Any] = {
             "ImageId": image, "InstanceType": p.instance_type,
             "MinCount": 1, "MaxCount": 1, "ClientToken": client_token(iid),
-            "UserData": aws_userdata.render(env, cfg.package_spec, cfg.agent_user),
+            "UserData": aws_userdata.render(env, package_spec=cfg.package_spec,
+                                            agent_user=cfg.agent_user),
             "Placement": {"AvailabilityZone": p.zone},
             "InstanceInitiatedShutdownBehavior": "terminate",
             # IMDSv2 only; hop limit 2 so a container on the node still reaches it.

@@ -54,7 +54,7 @@ async def test_launch_tags_token_userdata_and_market(provider: Any, moto: Any) -
         assert inst.metadata_options.http_tokens == "required"  # IMDSv2 only
         env = parse_agent_env(inst.user_data.decode())
         assert env == {**req.agent_env[rank], "SKYJOBS_METADATA_URL": "http://169.254.169.254"}
-        assert "python -m skyjobs agent" in inst.user_data.decode()
+        assert "/opt/skyjobs/agent.pyz" in inst.user_data.decode()  # served, not pip
     on_demand = request(nodes=1, job=8, spot=False)
     await provider.launch(on_demand)
     assert moto.by_tag("us-east-1", on_demand.instance_ids[0])[0].lifecycle is None

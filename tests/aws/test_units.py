@@ -33,30 +33,55 @@ def test_fatal_errors_name_the_setting_to_fix() -> None:
     assert "SKYJOBS_AWS_IMAGE_ID" in str(err)
 
 
+SHA = "ab" * 32
+
+
 def test_user_data_round_trips_the_agent_env() -> None:
     env = {"SKYJOBS_CONTROLLER_URL": "http://10.0.0.5:8765", "SKYJOBS_ATTEMPT_ID": "3",
-           "SKYJOBS_AGENT_TOKEN": "a'b\"c $HOME", "SKYJOBS_NODE_RANK": "1"}
-    script = aws_userdata.render(env, "skyjobs[aws]==0.1.0", agent_user="ubuntu")
+           "SKYJOBS_AGENT_TOKEN": "a'b\"c $HOME", "SKYJOBS_NODE_RANK": "1",
+           "SKYJOBS_AGENT_SHA256": SHA}
+    script = aws_userdata.render(env, agent_user="ubuntu")
     assert script.startswith("#!/bin/bash\n")
-    assert "pip install --quiet 'skyjobs[aws]==0.1.0'" in script
+    assert aws_userdata.ENV_BEGIN in script.splitlines()  # the marker harnesses look for
     assert "--uid=ubuntu" in script
     assert aws_userdata.parse_agent_env(script) == {
         **env, "SKYJOBS_METADATA_URL": "http://169.254.169.254"}
 
 
+def test_user_data_by_default_runs_the_served_agent_without_pip() -> None:
+    script = aws_userdata.render({"SKYJOBS_AGENT_SHA256": SHA})
+    assert "/agent.pyz" in script and "SKYJOBS_AGENT_SHA256" in script
+    assert "pip install" not in script and "skyjobs[aws]" not in script
+    assert '"$py" -I /opt/skyjobs/agent.pyz' in script
+
+
+def test_user_data_with_a_package_spec_pip_installs_it() -> None:
+    script = aws_userdata.render({}, "skyjobs[aws]==0.1.0", agent_user="ubuntu")
+    assert "pip install --quiet 'skyjobs[aws]==0.1.0'" in script
+    assert "/opt/skyjobs/venv/bin/python -m skyjobs agent" in script
+    assert "agent.pyz" not in script
+
+
 def test_user_data_refuses_what_it_cannot_carry() -> None:
     with pytest.raises(ValueError, match="plain NAME=value"):
-        aws_userdata.render({"BAD KEY": "x"}, "skyjobs")
+        aws_userdata.render({"BAD KEY": "x"})
     with pytest.raises(ValueError, match="plain NAME=value"):
-        aws_userdata.render({"K": "two\nlines"}, "skyjobs")
+        aws_userdata.render({"K": "two\nlines"})
+    with pytest.raises(ValueError, match="plain NAME=value"):
+        aws_userdata.render({"K": "carriage\rreturn"})  # a line break to splitlines
     with pytest.raises(ValueError, match="16 KiB"):
-        aws_userdata.render({"K": "x" * 17000}, "skyjobs")
+        aws_userdata.render({"K": "x" * 17000})
     with pytest.raises(ValueError, match="no skyjobs agent environment"):
         aws_userdata.parse_agent_env("#!/bin/bash\necho hi\n")
 
 
 aws = pytest.importorskip("skyjobs.providers.aws",
                           reason="the AWS provider needs aioboto3 (extra: aws)")
+
+
+def test_config_runs_the_served_agent_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SKYJOBS_AWS_PACKAGE_SPEC", raising=False)
+    assert aws.AwsConfig.from_env().package_spec == ""
 
 
 def test_config_from_env_per_region_and_zone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,7 +40,7 @@ def check_bucket(source: str, *, project: str | None, credentials: Any,
     from google.api_core.exceptions import GoogleAPICallError, PreconditionFailed
     from google.api_core.exceptions import RetryError as ApiRetryError
     from google.auth.exceptions import GoogleAuthError
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # no stubs for it
     from google.cloud.storage.retry import DEFAULT_RETRY
 
     retry = DEFAULT_RETRY.with_timeout(deadline)
