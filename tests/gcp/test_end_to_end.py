@@ -186,3 +186,21 @@ def test_a_launch_replayed_after_kill9_between_insert_and_store_gives_one_vm_per
         finally:
             ctl.cleanup()
         assert fleet.errors == [] or all("fleet watch" not in e for e in fleet.errors)
+
+
+async def test_two_nodes_share_a_zone_and_see_each_others_internal_ips(
+        controller: Any, fleet: Any, gce: Any, gcs: Any, tmp_path: Path) -> None:
+    booted: dict[str, dict[str, Any]] = {}  # the VMs as GCE showed them at boot
+    fleet.boot_hooks.append(lambda node: booted.setdefault(node.name, gce.instance(node.name)))
+    task = {"name": "pair", "num_nodes": 2,
+            "resources": {"cloud": "gcp", "region": "us-central1", "instance_type": MACHINE,
+                          "use_spot": True},
+            "run": 'echo "rank=$SKYPILOT_NODE_RANK ips=$(echo $SKYPILOT_NODE_IPS)"'}
+    job_id = int((await controller.call("POST", "/api/v1/jobs", {"task": task}))["id"])
+    done = await controller.wait_status(job_id, "SUCCEEDED", "FAILED", within=90)
+    assert done["status"] == "SUCCEEDED", done
+    vms = [booted[name] for name in done["attempt_list"][0]["instances"]]
+    assert len({vm["zone"] for vm in vms}) == 1  # one zone per job
+    ips = " ".join(vm["networkInterfaces"][0]["networkIP"] for vm in vms)
+    for rank in (0, 1):
+        assert f"rank={rank} ips={ips}" in await controller.logs(job_id, 1, rank)
