@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import aioboto3
 from botocore.config import Config as BotoConfig
@@ -450,10 +450,16 @@ class AwsProvider:
         # sizes the disk, once per image) and the ports check run alongside that lookup,
         # so they add no round trip in series.
         needs_root = req.disk_size_gb is not None or req.disk_tier is not None
-        existing, root, _ = await asyncio.gather(
+        # return_exceptions: a refused ports check must not leave the lookup running
+        # unawaited behind the error (it would outlive the launch call).
+        results = await asyncio.gather(
             self._find(region, list(req.instance_ids)),
             self.root_device(region, image, bool(req.image_id)) if needs_root else _none(),
-            self.check_ports(region, req.ports))
+            self.check_ports(region, req.ports), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        existing, root = cast(dict[str, Any], results[0]), cast(RootDevice | None, results[1])
         if root is not None and req.disk_size_gb is not None and root.size_gb is not None \
                 and req.disk_size_gb < root.size_gb:
             raise FatalProviderError(
