@@ -62,6 +62,58 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
+PLOT_SUFFIXES = (".svg", ".png")
+
+
+def plot_report(report: Report, path: Path, title: str) -> None:
+    """Cost against deadline misses, one point per policy, with the omniscient bound and
+    all-on-demand as reference lines; SVG or PNG by the file's suffix. Needs matplotlib
+    (the ``plot`` extra), imported only here."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise click.UsageError("--plot needs matplotlib: pip install 'skyjobs[plot]'") from None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    try:
+        shown = [p for p in report.policies if p.name != "omniscient"]
+        worst = max([100.0 * p.misses / max(1, p.runs) for p in shown] + [1.0])
+        for p in shown:
+            miss = 100.0 * p.misses / max(1, p.runs)
+            ax.scatter([miss], [p.mean_cost], s=60, zorder=3)
+            ax.annotate(p.name, (miss, p.mean_cost), textcoords="offset points",
+                        xytext=(6, 4), fontsize=9)
+        if report.bound_cost is not None:
+            ax.axhline(report.bound_cost, linestyle="--", color="0.3",
+                       label=f"omniscient bound ${report.bound_cost:.2f}")
+        ax.axhline(report.ondemand_cost, linestyle=":", color="0.5",
+                   label=f"all on-demand ${report.ondemand_cost:.2f}")
+        ax.set_xlabel("deadline misses (% of runs)")
+        ax.set_ylabel("mean cost per job ($)")
+        ax.set_xlim(-0.05 * worst, worst * 1.25)  # room for the labels on the right
+        ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def _plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise click.BadParameter("must end in .svg or .png")
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"{path.parent} is not a directory")
+    return path
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and value <= 0:
         raise click.BadParameter("must be positive")
@@ -105,13 +157,15 @@ def _not_negative(ctx: click.Context, param: click.Parameter,
 @click.option("--nodes", type=int, help="Nodes per job [default: the traces' largest count].")
 @click.option("--no-bound", is_flag=True, help="Skip the omniscient bound (it is the slow part).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", "plot_file", callback=_plot_path, metavar="FILE.svg|FILE.png",
+              help="Also draw mean cost against deadline misses per policy, with the bound "
+                   "(needs matplotlib: the plot extra).")
 def simulate(traces_dir: str, policies: tuple[str, ...], job_hours: float,
              deadline_hours: float | None, restart_minutes: float, checkpoint_minutes: float,
              notice_seconds: float, launch_fail_seconds: float | None,
              spot_price: float | None, prices_file: str | None, on_demand_price: float,
              start_every_hours: float, zone_cooldown_minutes: float, nodes: int | None,
-             no_bound: bool,
-             as_json: bool) -> None:
+             no_bound: bool, as_json: bool, plot_file: Path | None) -> None:
     """Replay placement policies over spot-capacity traces and compare their costs."""
     if spot_price is not None and prices_file is not None:
         raise click.UsageError("give --spot-price or --prices, not both")
@@ -137,3 +191,9 @@ def simulate(traces_dir: str, policies: tuple[str, ...], job_hours: float,
         click.echo(json.dumps(report.as_dict(), sort_keys=True))
     else:
         click.echo(format_report(report))
+    if plot_file is not None:
+        deadline = f", deadline {deadline_hours:g} h" if deadline_hours else ""
+        plot_report(report, plot_file, f"{report.traces}: {job_hours:g} h job{deadline}, "
+                                       f"{report.starts} starts")
+        if not as_json:
+            click.echo(f"plot: {plot_file}")
