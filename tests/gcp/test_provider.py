@@ -232,3 +232,14 @@ async def test_no_credentials_is_one_line_at_start(monkeypatch: pytest.MonkeyPat
             await p.prepare()
     finally:
         await p.close()
+
+
+async def test_status_follows_every_page(provider: Any, gce: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    req = request(nodes=5)
+    await provider.launch(req)
+    monkeypatch.setattr(compute, "PAGE_SIZE", 2)  # GCE's is 500: five VMs make three pages
+    before = gce.calls["aggregatedList"]
+    status = await provider.status(req.instance_ids)
+    assert {s.state for s in status.values()} == {base.RUNNING}
+    assert gce.calls["aggregatedList"] - before == 3

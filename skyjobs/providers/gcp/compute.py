@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -345,31 +345,33 @@ class GcpProvider:
             instance.tags = compute_v1.Tags(items=list(cfg.network_tags))
         return instance
 
+    def _aggregated(self, kind: str, method: str, request: Any) -> Iterator[tuple[str, Any]]:
+        """(scope, scoped list) of every page of an aggregated list, one counted and
+        retried call per page (GCE gives at most PAGE_SIZE items a page)."""
+        client = self._client(kind)
+        while True:
+            page = self._call(method, "all zones", functools.partial(
+                _first_page, client, request, self.config.call_timeout))
+            yield from page.items.items()
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     def _listed(self, controllers: Iterable[str]) -> dict[str, tuple[str, Any]]:
         """Our id -> (zone, instance) for every instance labelled with these controllers:
         one aggregatedList per controller label (one in practice), every page."""
         from google.cloud import compute_v1
 
         _, project = self._auth()
-        client = self._client("instances")
         out: dict[str, tuple[str, Any]] = {}
         for controller in sorted(set(controllers)):
             request = compute_v1.AggregatedListInstancesRequest(
                 project=project, filter=label_filter(controller), max_results=PAGE_SIZE)
-            token = ""
-            while True:
-                if token:
-                    request.page_token = token
-                page = self._call("aggregatedList", "all zones", functools.partial(
-                    _first_page, client, request, self.config.call_timeout))
-                for scope, scoped in page.items.items():
-                    for inst in scoped.instances:
-                        zone = zone_of(scope)
-                        out[inst.name] = (zone, inst)
-                        self._where[inst.name] = zone
-                token = page.next_page_token
-                if not token:
-                    break
+            for scope, scoped in self._aggregated("instances", "aggregatedList", request):
+                for inst in scoped.instances:
+                    zone = zone_of(scope)
+                    out[inst.name] = (zone, inst)
+                    self._where[inst.name] = zone
         return out
 
     def _refresh_preempted(self) -> None:
@@ -377,23 +379,14 @@ class GcpProvider:
         from google.cloud import compute_v1
 
         _, project = self._auth()
-        client = self._client("global_operations")
         request = compute_v1.AggregatedListGlobalOperationsRequest(
             project=project, filter=f'operationType = "{PREEMPTED_OP}"',
             max_results=PAGE_SIZE)
-        token = ""
-        while True:
-            if token:
-                request.page_token = token
-            page = self._call("operations.aggregatedList", "all zones", functools.partial(
-                _first_page, client, request, self.config.call_timeout))
-            for scoped in page.items.values():
-                for op in scoped.operations:
-                    name = op.target_link.rsplit("/", 1)[-1]
-                    self._preempted.add((zone_of(op.zone or op.target_link), name))
-            token = page.next_page_token
-            if not token:
-                return
+        for _scope, scoped in self._aggregated("global_operations",
+                                               "operations.aggregatedList", request):
+            for op in scoped.operations:
+                name = op.target_link.rsplit("/", 1)[-1]
+                self._preempted.add((zone_of(op.zone or op.target_link), name))
 
     def _status(self, ids: list[str]) -> dict[str, InstanceInfo]:
         listed = self._listed(controller_of(i) for i in ids)
