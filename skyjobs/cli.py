@@ -719,52 +719,41 @@ async def _check_buckets(spec: TaskSpec, topic: str, enabled: list[str],
                 continue
             out.append(Finding("bucket", f"{where}: local bucket at {path}"
                                + ("" if path.exists() else " (created on first use)")))
-        elif scheme == "s3":
-            out.append(await _check_s3(where, mount.source))
-        elif scheme == "gs":
-            out.append(await _check_gs(where, mount.source))
+        elif scheme in ("s3", "gs"):
+            out.append(await _check_remote_bucket(where, mount.source, scheme))
         else:
             out.append(Finding("bucket", f"{where}: {scheme}:// buckets cannot be checked: "
                                f"{cloud} has no provider in this build", fatal=True))
     return out
 
 
-async def _check_gs(where: str, source: str) -> Finding:
+def _bucket_provider(scheme: str) -> Any:
+    """The provider that checks ``scheme://`` buckets, from this machine's settings; raises
+    ImportError without its extra and SkyjobsError for invalid settings."""
+    if scheme == "s3":
+        from skyjobs.providers.aws import AwsConfig, AwsProvider
+
+        return AwsProvider(AwsConfig.from_env())
+    from skyjobs.providers.gcp.compute import GcpProvider
+    from skyjobs.providers.gcp.config import GcpConfig
+
+    return GcpProvider(GcpConfig.from_env())
+
+
+async def _check_remote_bucket(where: str, source: str, scheme: str) -> Finding:
+    """An s3:// or gs:// bucket as submit would check it, with this machine's credentials."""
     import asyncio
 
+    from skyjobs.providers.base import BucketChecker, ability
+
+    extra, service = {"s3": ("aws", "S3"), "gs": ("gcp", "GCS")}[scheme]
     try:
-        from skyjobs.providers.gcp.compute import GcpProvider
-        from skyjobs.providers.gcp.config import GcpConfig
+        provider = _bucket_provider(scheme)
     except ImportError as err:
-        return Finding("bucket", f"{where}: cannot check without the gcp extra: {err}",
+        return Finding("bucket", f"{where}: cannot check without the {extra} extra: {err}",
                        fatal=True)
-    try:
-        provider = GcpProvider(GcpConfig.from_env())
     except SkyjobsError as err:
         return Finding("bucket", f"{where}: {err}", fatal=True)
-    try:
-        async with asyncio.timeout(60):
-            await provider.check_bucket(source)
-        return Finding("bucket", f"{where}: reachable (listed, wrote and deleted a probe "
-                       "object with this machine's credentials)")
-    except SkyjobsError as err:
-        return Finding("bucket", f"{where}: {' '.join(str(err).split())}", fatal=True)
-    except TimeoutError:
-        return Finding("bucket", f"{where}: GCS did not answer within 60s", fatal=True)
-    finally:
-        await provider.close()
-
-
-async def _check_s3(where: str, source: str) -> Finding:
-    import asyncio
-
-    try:
-        from skyjobs.providers.aws import AwsConfig, AwsProvider
-        from skyjobs.providers.base import BucketChecker, ability
-    except ImportError as err:
-        return Finding("bucket", f"{where}: cannot check without the aws extra: {err}",
-                       fatal=True)
-    provider = AwsProvider(AwsConfig.from_env())
     try:
         checker = ability(provider, BucketChecker)
         assert checker is not None
@@ -775,7 +764,7 @@ async def _check_s3(where: str, source: str) -> Finding:
     except SkyjobsError as err:
         return Finding("bucket", f"{where}: {' '.join(str(err).split())}", fatal=True)
     except TimeoutError:
-        return Finding("bucket", f"{where}: S3 did not answer within 60s", fatal=True)
+        return Finding("bucket", f"{where}: {service} did not answer within 60s", fatal=True)
     finally:
         await provider.close()
 

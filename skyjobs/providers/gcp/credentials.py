@@ -54,7 +54,14 @@ def describe_credentials(config: GcpConfig) -> FoundCredentials:
 
     try:
         creds, project = google.auth.default(scopes=list(config.scopes))
-    except DefaultCredentialsError:
+    except DefaultCredentialsError as err:
+        key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        if key_file:
+            # Named but unusable (missing, not JSON, a malformed key): say which file; its
+            # content and the library's message (which may quote it) stay out.
+            return FoundCredentials(False, f"cannot be read from GOOGLE_APPLICATION_CREDENTIALS"
+                                    f"={key_file} ({type(err).__name__})",
+                                    config.project or None, "SKYJOBS_GCP_PROJECT")
         return FoundCredentials(False, f"not found ({WHERE_WE_LOOK})", config.project or None,
                                 "SKYJOBS_GCP_PROJECT")
     except GoogleAuthError as err:
