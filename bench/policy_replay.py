@@ -1,7 +1,7 @@
 """Replay benchmark: the default policy against every baseline and the omniscient bound.
 
     nice -n 19 .venv/bin/python bench/policy_replay.py [--cases 9zone,flicker] [--no-bound]
-        [--factors 1.08,1.25,1.5] [--full]
+        [--factors 1.08,1.25,1.5] [--full] [--shift-hours 0] [--move-running-spot]
 
 Cases (``bench/policy_cases.py``): the real sets in /work/shared/traces (9 zones with equal
 and with regional spot prices, 4-node, 16-node) and seeded synthetic regimes
@@ -13,8 +13,12 @@ notice, on-demand $3.06/h per node ($1/h for the priced CPU sets).
 One row per case and deadline: the bound's mean cost, then every policy's mean cost as a
 percentage over the bound (``!N`` = N missed deadlines), then the default against the best
 baseline that missed no deadline (``vs best``; <= +1% passes). ``--full`` also prints the
-per-policy tables of ``skyjobs simulate``. Nothing is tuned per case: every policy runs with
-the controller's defaults.
+per-policy tables of ``skyjobs simulate``. ``--shift-hours H`` submits every job H hours
+later: another sample of starts from the same traces, to tell a systematic loss from the
+luck of where the starts fall (docs/policy.md, "Fourth pass"). ``--move-running-spot`` lets
+the default move a running spot job to a cheaper zone (``policy.move_decision``), which the
+controller does not do yet (docs/policy.md, "Fifth pass"). Nothing is tuned per case:
+every policy runs with the controller's defaults.
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ SHORT = {"DEADLINE_AWARE": "default", "COST_AWARE": "cost", "EAGER_NEXT_REGION":
          "on-demand": "od"}
 
 
-def _evaluate(args: tuple[str, float, bool]) -> Report:
-    name, factor, with_bound = args
+def _evaluate(args: tuple[str, float, bool, float, bool]) -> Report:
+    name, factor, with_bound, shift, move = args
     case = next(c for c in CASES if c.name == name)
-    traces, cfg = case_config(case, factor)
+    traces, cfg = case_config(case, factor, shift, move)
     return evaluate(traces, cfg, [DEFAULT, *BASELINES], with_bound=with_bound)
 
 
@@ -55,6 +59,11 @@ def main() -> None:
     ap.add_argument("--no-bound", action="store_true")
     ap.add_argument("--full", action="store_true", help="also the per-policy tables")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (rows in parallel)")
+    ap.add_argument("--shift-hours", type=float, default=0.0,
+                    help="submit every job this much later (another sample of starts)")
+    ap.add_argument("--move-running-spot", action="store_true",
+                    help="the default moves a running spot job to a cheaper zone (not in the"
+                         " controller yet)")
     args = ap.parse_args()
     wanted = [w for w in args.cases.split(",") if w]
     factors = [float(f) for f in args.factors.split(",")]
@@ -68,11 +77,12 @@ def main() -> None:
     verdicts: list[float] = []
     vs_bound: list[float] = []
     misses = 0
-    rows = [(case.name, factor, not args.no_bound) for case in CASES
+    rows = [(case.name, factor, not args.no_bound, args.shift_hours, args.move_running_spot)
+            for case in CASES
             if not wanted or any(case.name.startswith(w) for w in wanted) for factor in factors]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         reports = pool.map(_evaluate, rows)
-        for (name, factor, _), report in zip(rows, reports, strict=True):
+        for (name, factor, *_), report in zip(rows, reports, strict=True):
             deadline = round(next(c for c in CASES if c.name == name).job_hours * factor, 2)
             by = {p.name: p for p in report.policies}
             ref = report.bound_cost or report.ondemand_cost

@@ -145,13 +145,16 @@ class PreemptionMemory:
         region = _get(self._regions.get(_region(key)), channel, now, half_life)
         return own + self.config.region_weight * max(0.0, region - own)
 
-    def hazard_per_hour(self, key: MemoryKey, now: float) -> float:
-        """Expected preemptions per running hour (0 for on-demand)."""
+    def hazard_per_hour(self, key: MemoryKey, now: float, running_s: float = 0.0) -> float:
+        """Expected preemptions per running hour (0 for on-demand). ``running_s``: seconds an
+        instance there has been running up to ``now`` without a preemption, not yet recorded
+        as ``run_seconds`` (the caller records them when the stint ends); they count as
+        exposure, so a zone the job has run in for hours is not judged on the prior alone."""
         if not key[4]:
             return 0.0
         c, hl = self.config, self.config.hazard_half_life_s
         events = self._evidence(key, "preemptions", hl, now)
-        hours = self._evidence(key, "exposure_s", hl, now) / 3600.0
+        hours = (self._evidence(key, "exposure_s", hl, now) + max(0.0, running_s)) / 3600.0
         prior_events = c.prior_hazard_per_hour * c.prior_exposure_hours
         return (prior_events + events) / (c.prior_exposure_hours + hours)
 

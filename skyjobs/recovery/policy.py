@@ -74,6 +74,14 @@ class Decision:
     reason: str
 
 
+@dataclass(frozen=True)
+class Move:
+    """Whether a running spot job should move to another spot placement (``target``)."""
+
+    target: Placement | None
+    reason: str
+
+
 def effective_strategy(recovery: JobRecovery) -> str:
     """The strategy a job runs: the named one, else DEADLINE_AWARE when the job has a deadline
     and an expected runtime, else COST_AWARE."""
@@ -377,6 +385,74 @@ def _remaining_h(ctx: RankingContext) -> float | None:
     if ctx.expected_runtime_s is None:
         return None
     return max(ctx.expected_runtime_s - ctx.progress_s, 60.0) / 3600
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving a running spot job to a cheaper zone
+
+
+def running_cost_per_hour(p: Placement, ctx: RankingContext,
+                          running_s: float) -> tuple[float, float]:
+    """(expected dollars per hour of progress, preemption hazard per hour) of staying on the
+    spot placement ``p`` that has run ``running_s`` seconds so far: its price with the paid
+    restarts and lost work of its preemptions; no wait, since it is up. The stint so far
+    counts as exposure in the hazard (:meth:`PreemptionMemory.hazard_per_hour`)."""
+    price, _ = _price(p, ctx)
+    hazard = (ctx.memory or _PRIOR).hazard_per_hour(memory_key(p), ctx.now, running_s)
+    loss_h = (ctx.restart_s + lost_work_s(ctx) / 2) / 3600.0
+    return price * (1 + hazard * loss_h), hazard
+
+
+def move_decision(candidates: list[Candidate], ctx: RankingContext,
+                  running_s: float) -> Move:
+    """Should a DEADLINE_AWARE job running on spot at ``ctx.last`` (for ``running_s``
+    seconds) move to a cheaper spot placement now?
+
+    The gain is the difference between staying (:func:`running_cost_per_hour`) and
+    starting at the best other spot candidate (:func:`expected_cost_per_hour`, its wait and
+    preemptions included), earned while both would have kept running: the expected overlap
+    of two exponential lifetimes, ``1 / (hazard_here + hazard_there)``, at most the work
+    left. The move costs a restart: its price and its wall time, the latter valued at
+    :func:`slack_value_per_hour` under Markov's bound alone (a move is optional, so its
+    slack is priced at the worst case for the expected loss, not at the model's own
+    variance). It is taken only above the safety reserve plus that restart. The caller
+    launches the target first and releases the running instance once it is up; if the
+    target has no capacity it records ``no_capacity`` and stays (docs/policy.md, "Fifth
+    pass")."""
+    here = ctx.last
+    if (ctx.strategy != "DEADLINE_AWARE" or here is None or not here.use_spot
+            or not ctx.running):
+        return Move(None, "not a deadline-aware job running on spot")
+    slack = slack_s(ctx)
+    if slack is None or slack <= safety_reserve_s(ctx) + ctx.restart_s:
+        return Move(None, "no slack for a move")
+    cost_here, hazard_here = running_cost_per_hour(here, ctx, running_s)
+    best: tuple[float, Placement] | None = None
+    for cand in candidates:
+        p = cand.placement
+        if not cand.requested or not p.use_spot or zone_key(p) == zone_key(here):
+            continue
+        if _price(p, ctx)[0] >= cost_here:  # its cost is at least its price: no gain
+            continue
+        cost, _ = expected_cost_per_hour(p, ctx)
+        if best is None or cost < best[0]:
+            best = (cost, p)
+    if best is None or best[0] >= cost_here:
+        return Move(None, "no cheaper spot placement")
+    cost, target = best
+    remaining_h = _remaining_h(ctx) or 0.0
+    hazard_there = (ctx.memory or _PRIOR).estimate(memory_key(target), ctx.now).hazard_per_hour
+    horizon_h = min(remaining_h, 1 / max(hazard_here + hazard_there, 1e-9))
+    price_there, _ = _price(target, ctx)
+    value = slack_value_per_hour(price_there, target.offering.ondemand_price, 0.0, ctx,
+                                 loss_h=future_loss_h(target, ctx))
+    switch = ctx.restart_s / 3600 * (price_there + value)
+    gain = (cost_here - cost) * horizon_h
+    if gain <= switch:
+        return Move(None, f"moving to {target.zone} would save ${gain:.3f}, less than the"
+                          f" ${switch:.3f} restart")
+    return Move(target, f"{target.zone} saves ${cost_here - cost:.3f}/h over"
+                        f" {horizon_h:.1f} h, more than the ${switch:.3f} restart")
 
 
 # ---------------------------------------------------------------------------------------------

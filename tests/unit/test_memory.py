@@ -119,3 +119,13 @@ def test_estimate_is_memoised_but_never_stale():
     assert after.p_no_capacity == pytest.approx(mem.p_no_capacity(A, 5 * H))
     assert after.long_run_no_capacity == pytest.approx(mem.long_run_no_capacity(A, 5 * H))
     assert after.hazard_per_hour == pytest.approx(mem.hazard_per_hour(A, 5 * H))
+
+
+def test_a_running_stint_counts_as_exposure_before_it_is_recorded():
+    cfg = MemoryConfig(region_weight=0.0)
+    mem = PreemptionMemory(cfg)
+    prior = mem.hazard_per_hour(A, 0.0)
+    ran = mem.hazard_per_hour(A, 0.0, running_s=10 * H)
+    # Gamma prior 0.1/h worth 2 h: 0.2 events over 2 + 10 hours
+    assert ran == pytest.approx(0.2 / 12)
+    assert ran < prior == pytest.approx(cfg.prior_hazard_per_hour)

@@ -18,6 +18,7 @@ from skyjobs.recovery.policy import (
     job_loss_rate_h,
     launch_wait_s,
     memory_key,
+    move_decision,
     rank,
     safety_reserve_s,
     slack_needed_s,
@@ -317,3 +318,40 @@ def test_ample_slack_keeps_the_cheap_zone_despite_failures():
     mem = failing("us-east-1a", 3, 10 * H)
     roomy = deadline_ctx("DEADLINE_AWARE", 30.0, memory=mem, launch_fail_s=195.0)
     assert zones(rank(cands(), roomy))[0] == "us-east-1a"
+
+
+def running(zone: str, slack_h: float, strategy: str = "DEADLINE_AWARE",
+            **kw: Any) -> RankingContext:
+    return deadline_ctx(strategy, slack_h, last=place(zone), running=True, **kw)
+
+
+def test_a_running_spot_job_moves_to_a_cheaper_zone_when_the_saving_pays_the_restart():
+    move = move_decision(cands(), running("us-west-2a", 10.0), 2 * H)
+    assert move.target is not None and move.target.zone == "us-east-1a"
+    assert "saves" in move.reason
+
+
+def test_no_move_when_the_saving_over_the_overlap_is_less_than_a_restart():
+    c = running("us-west-2a", 10.0)
+    c.progress_s = 20 * H - 300  # five minutes of work left: the move cannot pay for itself
+    c.deadline_at = c.now + 300 + 10 * H
+    move = move_decision(cands(), c, 2 * H)
+    assert move.target is None and "less than" in move.reason
+
+
+def test_no_move_without_slack_for_the_restart_or_for_other_jobs():
+    c = running("us-west-2a", 0.0)
+    c.deadline_at = (c.deadline_at or 0) + safety_reserve_s(c) + c.restart_s - 1
+    assert move_decision(cands(), c, 2 * H).target is None
+    assert move_decision(cands(), running("us-west-2a", 10.0, "COST_AWARE"), 2 * H).target \
+        is None
+    assert move_decision(cands(), running("us-east-1a", 10.0), 2 * H).target is None  # cheapest
+    idle = running("us-west-2a", 10.0)
+    idle.running = False
+    assert move_decision(cands(), idle, 2 * H).target is None
+
+
+def test_a_move_prices_the_target_through_its_memory():
+    mem = failing("us-east-1a", 8, 10 * H - 600)
+    move = move_decision(cands(), running("us-west-2a", 1.0, memory=mem), 2 * H)
+    assert move.target is None or move.target.zone == "us-east-1b"

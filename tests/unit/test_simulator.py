@@ -217,3 +217,39 @@ def test_preempted_zone_cools_down_as_in_the_controller():
     cooling.clear()
     simulate_run(ts, cfg(zone_cooldown_s=0.0), POLICIES["COST_AWARE"], 0.0, hook)
     assert all(c == {} for c in cooling)
+
+
+def test_first_start_shifts_every_submit_and_keeps_the_window():
+    ts = traces(zone("us-east-1a", [1] * N))  # ten hours of ten-minute samples
+    c = cfg(start_every_hours=1.0)
+    base = simulator.start_times(c, ts)
+    shifted = simulator.start_times(cfg(start_every_hours=1.0, first_start_hours=0.5), ts)
+    assert shifted and shifted[0] == 1800.0
+    assert all(b - a == 3600.0 for a, b in zip(shifted, shifted[1:]))
+    window = 3600 * (c.deadline_hours or 2 * c.job_hours)
+    assert all(s + window <= ts.span_s for s in base + shifted)
+    assert len(shifted) <= len(base)
+    with pytest.raises(ConfigError):
+        cfg(first_start_hours=-1.0).validate()
+
+
+def test_move_running_spot_returns_to_the_cheap_zone_once_it_is_back():
+    ts = traces(zone("us-east-1a", [0] * 6 + [1] * (N - 6)), zone("us-west-2a", [1] * N))
+    prices = {"us-east-1": 0.5, "us-west-2": 1.0}
+    events: list[tuple[str, str]] = []
+
+    def hook(event: str, ctx: policy.RankingContext, p: object, reason: str) -> None:
+        events.append((event, p.zone))  # type: ignore[attr-defined]
+
+    stay = simulate_run(ts, cfg(spot_prices=prices), POLICIES["DEADLINE_AWARE"], 0.0)
+    moved = simulate_run(ts, cfg(spot_prices=prices, move_running_spot=True),
+                         POLICIES["DEADLINE_AWARE"], 0.0, hook)
+    assert ("move", "us-east-1a") in events
+    assert moved.zone_changes == 1 and not moved.missed
+    assert moved.cost < stay.cost
+    # Off by default (the controller does not move running spot jobs yet), and only the
+    # default strategy moves.
+    assert stay.zone_changes == 0
+    other = simulate_run(ts, cfg(spot_prices=prices, move_running_spot=True),
+                         POLICIES["COST_AWARE"], 0.0)
+    assert other.zone_changes == 0

@@ -38,6 +38,7 @@ from skyjobs.recovery.policy import (
     ZoneKey,
     deadline_decision,
     memory_key,
+    move_decision,
     rank,
     zone_key,
 )
@@ -60,9 +61,17 @@ class SimConfig:
     spot_prices: dict[str, float] = field(default_factory=dict)  # zone or region -> $/h
     nodes: int | None = None  # None: the largest capacity in the traces
     start_every_hours: float = 6.0
+    # The first submit time (the others follow every ``start_every_hours``). Shifting it
+    # draws another sample of starts from the same traces: the bench uses it to tell a
+    # systematic loss from the luck of where the starts fall (docs/policy.md).
+    first_start_hours: float = 0.0
     # The controller's zone cooldown after a preemption (config.zone_cooldown): the zone is
     # ranked last for this long. 0 turns it off.
     zone_cooldown_s: float = 1800.0
+    # DEADLINE_AWARE moves a running spot job to a cheaper spot zone when
+    # policy.move_decision says so. Off by default: the controller does not do it yet
+    # (docs/policy.md, "Fifth pass"); the bench shows what it would change.
+    move_running_spot: bool = False
     cloud: str = "aws"
     instance_type: str = "p3.2xlarge"
 
@@ -75,6 +84,8 @@ class SimConfig:
                      "zone_cooldown_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
+        if self.first_start_hours < 0:
+            raise ConfigError("the first start must not be negative")
         if self.checkpoint_interval_s <= 0 or self.start_every_hours <= 0:
             raise ConfigError("checkpoint interval and start spacing must be positive")
         if min([self.spot_price, self.ondemand_price, *self.spot_prices.values()]) < 0:
@@ -124,7 +135,8 @@ class RunResult:
 
 
 # A decision the replayed controller made: (event, context it saw, placement, reason).
-# Events: "launch" (rank()[0] tried), "no_capacity", "preempted", "to_spot" (left on-demand).
+# Events: "launch" (rank()[0] tried), "no_capacity", "preempted", "to_spot" (left on-demand),
+# "move" (left a running spot placement for a cheaper one, with move_running_spot).
 DecisionHook = Callable[[str, RankingContext, Placement, str], None]
 
 
@@ -155,11 +167,13 @@ def build_candidates(cfg: SimConfig, traces: TraceSet, spec: PolicySpec) -> list
 
 
 def start_times(cfg: SimConfig, traces: TraceSet) -> list[float]:
-    """Submit times every ``start_every_hours`` that leave the job its whole window."""
+    """Submit times every ``start_every_hours`` from ``first_start_hours`` that leave the job
+    its whole window."""
     window = 3600 * (cfg.deadline_hours if cfg.deadline_hours else 2 * cfg.job_hours)
     step = 3600 * cfg.start_every_hours
-    n = int((traces.span_s - window) // step) + 1
-    return [i * step for i in range(max(0, n))]
+    first = 3600 * cfg.first_start_hours
+    n = int((traces.span_s - window - first) // step) + 1 if traces.span_s >= window + first else 0
+    return [first + i * step for i in range(max(0, n))]
 
 
 class _Job:
@@ -295,6 +309,12 @@ class _Job:
                 t, nxt = switch
                 self.end_stint(p, t0, t, max(0.0, t - useful_from))
                 return t, nxt
+        if p.use_spot and self.cfg.move_running_spot and self.spec.strategy == "DEADLINE_AWARE":
+            move = self.watch_spot(p, t0, useful_from, min(finish, drop))
+            if move is not None:
+                t, nxt = move
+                self.end_stint(p, t0, t, max(0.0, t - useful_from))
+                return t, nxt
         if finish <= drop:
             self.end_stint(p, t0, finish, self.work - self.progress)
             return finish, None
@@ -336,6 +356,26 @@ class _Job:
                     return t, spot
                 if spot is not None:
                     self.record(spot, "no_capacity", t)
+            t += gap
+        return None
+
+    def watch_spot(self, p: Placement, t0: float, useful_from: float,
+                   end: float) -> tuple[float, Placement] | None:
+        """On spot (with ``move_running_spot``), ask at every sample whether to move to a
+        cheaper spot zone, and try it: a failed try costs nothing while ``p`` runs (the
+        controller would launch the replacement first); a move costs a restart."""
+        gap = self.traces.gap_s
+        t = (math.floor(useful_from / gap) + 1) * gap
+        while t < end:
+            progress = self.progress + (t - useful_from)
+            ctx = self.ctx(t, running=True, progress=progress)
+            move = move_decision(self.cands, ctx, t - t0)
+            if move.target is not None:
+                if self.has_capacity(move.target, t):
+                    if self.hook is not None:
+                        self.hook("move", ctx, move.target, move.reason)
+                    return t, move.target
+                self.record(move.target, "no_capacity", t)
             t += gap
         return None
 
