@@ -884,6 +884,40 @@ class SyncStore:
                                  (since,)).fetchall()
         return [dict(r) for r in rows]
 
+    # --- dashboard reads (read-only) -------------------------------------------------------
+
+    def jobs_page(self, statuses: list[str] | None, name_contains: str | None, limit: int,
+                  offset: int) -> tuple[list[Job], int]:
+        """One page of jobs, newest first, and how many match in all: the dashboard pages in
+        SQL so a store of 10,000 jobs never loads more than a page. ``name_contains`` is a
+        case-insensitive substring (LIKE, with its wildcards escaped)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if name_contains:
+            escaped = (name_contains.replace("\\", "\\\\").replace("%", "\\%")
+                       .replace("_", "\\_"))
+            where.append("name LIKE ? ESCAPE '\\'")
+            args.append(f"%{escaped}%")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        total = int(self.conn.execute(f"SELECT COUNT(*) FROM jobs {clause}",
+                                      args).fetchone()[0])
+        rows = self.conn.execute(
+            f"SELECT * FROM jobs {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset)).fetchall()
+        return [_job(r) for r in rows], total
+
+    def zone_event_totals(self, since: float) -> list[dict[str, Any]]:
+        """Per (cloud, region, zone, instance type, spot) and kind: how many zone events
+        since ``since``, their summed value and the latest one (the Zones page's counts)."""
+        rows = self.conn.execute(
+            "SELECT cloud, region, zone, instance_type, use_spot, kind, COUNT(*) AS n,"
+            " SUM(value) AS total, MAX(at) AS last_at FROM zone_events WHERE at>=?"
+            " GROUP BY cloud, region, zone, instance_type, use_spot, kind", (since,)).fetchall()
+        return [dict(r) for r in rows]
+
 
 # --- inspection (skyjobs db): read-only, through sqlite-utils ---------------------------------
 #
