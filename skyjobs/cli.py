@@ -16,14 +16,16 @@ from typing import Any
 
 import click
 
+from skyjobs import sdk
 from skyjobs.client import Client, connect
 from skyjobs.config import default_state_dir
 from skyjobs.exceptions import ApiError, ControllerUnavailableError, SkyjobsError
+from skyjobs.models import Job
 from skyjobs.pipeline import load_pipeline, pipeline_from_documents, task_source
 from skyjobs.render import event_line, fmt_duration, fmt_time, table
 from skyjobs.spec import TaskSpec
 from skyjobs.states import TERMINAL
-from skyjobs.submission import build_archive, raw_task
+from skyjobs.submission import raw_task
 
 
 class Ctx:
@@ -183,31 +185,29 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...],
                  for d in pipeline.documents]
     if secret_values or gpus or cloud or use_spot is not None:
         pipeline = pipeline_from_documents(documents, str(file), file.resolve().parent)
-    for spec in pipeline.tasks:  # the controller checks again; fail before autostart
-        spec.with_env_overrides(overrides)
-    archives = [build_archive(spec) for spec in pipeline.tasks]
-    body: dict[str, Any] = {"source": str(file), "name": name or pipeline.name,
-                            "envs": overrides, "num_jobs": num_jobs}
-    if pipeline.is_pipeline:
-        body.update(tasks=[raw_task(d) for d in documents], archives=archives)
-    else:
-        body.update(task=raw_task(documents[0]), archive=archives[0])
+    # The SDK's submit body (envs checked and workdirs packed before any controller starts:
+    # the controller checks again).
+    body = sdk.submission(pipeline, str(file), name, overrides, num_jobs)
     client = obj.client(autostart=True)
-    reply = client.post("/api/v1/jobs", body)
-    for i, spec in enumerate(pipeline.tasks):
-        for line in spec.notes(task_source(str(file), i, len(pipeline.tasks))):
-            click.echo(f"note: {line}", err=True)
+    reply = client.submit_body(body)
+    for line in sdk.notes(pipeline, str(file)):
+        click.echo(f"note: {line}", err=True)
     if num_jobs > 1:
-        click.echo(" ".join(str(i) for i in reply["ids"]))
-        click.echo(f"job array {reply['array_id']}: {num_jobs} jobs", err=True)
+        click.echo(" ".join(str(i) for i in reply.ids or [reply.id]))
+        click.echo(f"job array {reply.array_id}: {num_jobs} jobs", err=True)
         return
-    click.echo(reply["id"])
+    click.echo(reply.id)
     if follow:
-        _follow_logs(client, int(reply["id"]), None)
-        status = client.get(f"/api/v1/jobs/{reply['id']}")
-        click.echo(f"job {status['id']} {status['status']}"
-                   + (f": {status['reason']}" if status.get("reason") else ""), err=True)
-        sys.exit(0 if status["status"] == "SUCCEEDED" else 1)
+        live = _LiveStatus(client, reply.id) if _interactive() else None
+        try:
+            _follow_logs(client, reply.id, None, live=live)
+        finally:
+            if live is not None:
+                live.clear()
+        job = client.get(reply.id)
+        click.echo(f"job {job.id} {job.status}" + (f": {job.reason}" if job.reason else ""),
+                   err=True)
+        sys.exit(0 if job.succeeded else 1)
 
 
 @main.command()
@@ -224,18 +224,17 @@ def submit(obj: Ctx, file: Path, name: str | None, envs: tuple[str, ...],
 def queue(obj: Ctx, statuses: str | None, name: str | None, array: int | None, all_: bool,
           limit: int, offset: int, as_json: bool) -> None:
     """List jobs, newest first."""
-    reply = obj.client().get("/api/v1/jobs", status=statuses or "", limit=limit, offset=offset,
-                             name=name or "", array=array or "")
+    jobs = obj.client().queue(status=statuses or None, limit=limit, offset=offset,
+                              name=name or None, array=array or None)
     if not all_ and not statuses:
         since = time.time() - RECENT_S
-        reply["jobs"] = [j for j in reply["jobs"] if j["status"] not in TERMINAL
-                         or (j["ended_at"] or 0) >= since]
+        jobs = [j for j in jobs if j.status not in TERMINAL or (j.ended_at or 0) >= since]
     if as_json:
-        click.echo(json.dumps(reply["jobs"], indent=2))
+        click.echo(json.dumps([_as_json(j) for j in jobs], indent=2))
         return
-    rows = [[str(j["id"]), j["name"], j["status"], j["placement"] or "-", str(j["recoveries"]),
-             fmt_time(j["submitted_at"]), fmt_duration(j["duration_s"]), f"${j['cost']:.4f}"]
-            for j in reply["jobs"]]
+    rows = [[str(j.id), j.name, j.status, j.placement or "-", str(j.recoveries),
+             fmt_time(j.submitted_at), fmt_duration(j.duration_s), f"${j.cost:.4f}"]
+            for j in jobs]
     click.echo(table(rows, ["ID", "NAME", "STATUS", "PLACEMENT", "RECOVERIES", "SUBMITTED",
                              "DURATION", "COST"]))
 
@@ -246,26 +245,25 @@ def queue(obj: Ctx, statuses: str | None, name: str | None, array: int | None, a
 @pass_ctx
 def status(obj: Ctx, job_id: int, as_json: bool) -> None:
     """Show one job: state, placement, attempts and cost."""
-    j = obj.client().get(f"/api/v1/jobs/{job_id}")
+    j = obj.client().get(job_id)
     if as_json:
-        click.echo(json.dumps(j, indent=2))
+        click.echo(json.dumps(_as_json(j), indent=2))
         return
-    click.echo(f"job {j['id']} ({j['name']}): {j['status']}"
-               + (f" - {j['reason']}" if j.get("reason") else ""))
-    click.echo(f"  task id:     {j['task_id']}")
-    if j.get("tasks", 1) > 1:
-        click.echo(f"  pipeline:    task {j['current_task']} of {j['tasks']}")
-    click.echo(f"  placement:   {j['placement'] or '-'}")
-    click.echo(f"  recoveries:  {j['recoveries']}   restarts after errors: {j['restarts']}")
-    click.echo(f"  submitted:   {fmt_time(j['submitted_at'])}   duration: "
-               f"{fmt_duration(j['duration_s'])}")
-    click.echo(f"  cost:        ${j['cost']:.4f} (on-demand would be ${j['on_demand_cost']:.4f},"
-               f" saving ${j['saving']:.4f})")
-    if j.get("exit_code") is not None:
-        click.echo(f"  exit code:   {j['exit_code']}")
-    rows = [[str(a["n"]), str(a.get("task", 1)), a["placement"], a["status"],
-             a["end_reason"] or "-", fmt_time(a["created_at"]), f"${a['cost']:.4f}"]
-            for a in j["attempt_list"]]
+    click.echo(f"job {j.id} ({j.name}): {j.status}" + (f" - {j.reason}" if j.reason else ""))
+    click.echo(f"  task id:     {j.task_id}")
+    if j.tasks > 1:
+        click.echo(f"  pipeline:    task {j.current_task} of {j.tasks}")
+    click.echo(f"  placement:   {j.placement or '-'}")
+    click.echo(f"  recoveries:  {j.recoveries}   restarts after errors: {j.restarts}")
+    click.echo(f"  submitted:   {fmt_time(j.submitted_at)}   duration: "
+               f"{fmt_duration(j.duration_s)}")
+    click.echo(f"  cost:        ${j.cost:.4f} (on-demand would be ${j.on_demand_cost:.4f},"
+               f" saving ${j.saving:.4f})")
+    if j.exit_code is not None:
+        click.echo(f"  exit code:   {j.exit_code}")
+    rows = [[str(a.n), str(a.task), a.placement, a.status, a.end_reason or "-",
+             fmt_time(a.created_at), f"${a.cost:.4f}"]
+            for a in j.attempt_list]
     if rows:
         click.echo(table(rows, ["ATTEMPT", "TASK", "PLACEMENT", "STATUS", "ENDED BY",
                                  "LAUNCHED", "COST"]))
@@ -277,36 +275,95 @@ def status(obj: Ctx, job_id: int, as_json: bool) -> None:
 @pass_ctx
 def events(obj: Ctx, job_id: int, as_json: bool) -> None:
     """Show a job's state transitions and other events."""
-    evs = obj.client().get(f"/api/v1/jobs/{job_id}/events")["events"]
+    evs = obj.client().events(job_id)
     if as_json:
-        click.echo(json.dumps(evs, indent=2))
+        click.echo(json.dumps([_as_json(e) for e in evs], indent=2))
         return
     for e in evs:
-        click.echo(event_line(e))
+        click.echo(event_line(e.model_dump()))
+
+
+def _as_json(model: Any) -> Any:
+    """A reply model as the controller sent it (only the fields it gave)."""
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _interactive() -> bool:
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+class _LiveStatus:
+    """``submit --follow`` on a terminal: one line under the streaming logs with the job's
+    state, placement, recoveries and cost so far, redrawn in place (on stderr, so stdout
+    carries the logs alone). Only for a terminal: pipes and tests get plain log lines."""
+
+    REFRESH_S = 2.0
+
+    def __init__(self, client: Client, job_id: int) -> None:
+        self.client, self.job_id = client, job_id
+        self.text = f"job {job_id}: submitted"
+        self.fetched_at = 0.0
+        self.shown = False
+        self.at_line_start = True  # the status may only be drawn under a complete line
+
+    def line(self, job: Job) -> str:
+        parts = [f"job {job.id}", job.status, job.placement or "no placement yet",
+                 f"{job.recoveries} recover{'y' if job.recoveries == 1 else 'ies'}",
+                 f"${job.cost:.4f} so far", fmt_duration(job.duration_s)]
+        if round(job.saving, 4) > 0:
+            parts.insert(5, f"saving ${job.saving:.4f}")
+        return " | ".join(parts)
+
+    def refresh(self) -> None:
+        if time.monotonic() - self.fetched_at >= self.REFRESH_S:
+            self.fetched_at = time.monotonic()
+            try:
+                self.text = self.line(self.client.get(self.job_id))
+            except SkyjobsError:
+                pass  # a controller restart: keep the last line, the logs go on
+        self.draw()
+
+    def draw(self) -> None:
+        if not self.at_line_start:
+            return
+        width = max(20, _terminal_width() - 1)
+        click.echo("\r\x1b[K" + click.style(self.text[:width], reverse=True), nl=False,
+                   err=True)
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            click.echo("\r\x1b[K", nl=False, err=True)
+            self.shown = False
+
+    def wrote(self, text: str) -> None:
+        if text:
+            self.at_line_start = text.endswith("\n")
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def _follow_logs(client: Client, job_id: int, attempt: int | None, follow: bool = True,
-                 rank: int = 0) -> None:
-    current = attempt or 1
-    offset = 0
-    deadline = time.monotonic() + 7 * 24 * 3600
-    while time.monotonic() < deadline:
-        reply = client.get(f"/api/v1/jobs/{job_id}/logs", attempt=current, rank=rank,
-                           offset=offset)
-        if reply["data"]:
-            if offset == 0 and attempt is None:
-                click.echo(f"=== attempt {current} ===")
-            click.echo(reply["data"], nl=False)
-            # Byte offsets end to end: the controller says where the next chunk starts (a
-            # chunk never ends inside a UTF-8 character of a live job).
-            offset = int(reply.get("next_offset", offset + len(reply["data"].encode())))
-            continue
-        if attempt is None and current < reply["attempts"]:
-            current, offset = current + 1, 0
-            continue
-        if not follow or reply["status"] in TERMINAL:
-            return
-        time.sleep(0.5)
+                 rank: int = 0, live: _LiveStatus | None = None) -> None:
+    shown_attempt = None
+    chunks = client.log_chunks(job_id, attempt, follow=follow, rank=rank,
+                               on_idle=live.refresh if live is not None else None)
+    for chunk in chunks:
+        if live is not None:
+            live.clear()
+        if attempt is None and chunk.attempt != shown_attempt:
+            if live is not None and not live.at_line_start:
+                click.echo()
+            click.echo(f"=== attempt {chunk.attempt} ===")
+            shown_attempt = chunk.attempt
+        click.echo(chunk.data, nl=False)
+        if live is not None:
+            live.wrote(chunk.data)
+            live.refresh()
 
 
 @main.command()
@@ -327,15 +384,14 @@ def logs(obj: Ctx, job_id: int, follow: bool, attempt: int | None, node: int,
     if task is None or attempt is not None:
         _follow_logs(client, job_id, attempt, follow=follow, rank=node)
         return
-    job = client.get(f"/api/v1/jobs/{job_id}")
-    if not 1 <= task <= job.get("tasks", 1):
-        raise click.BadParameter(f"job {job_id} has {job.get('tasks', 1)} task(s)",
-                                 param_hint="--task")
-    mine = [a["n"] for a in job["attempt_list"] if a.get("task", 1) == task]
+    job = client.get(job_id)
+    if not 1 <= task <= job.tasks:
+        raise click.BadParameter(f"job {job_id} has {job.tasks} task(s)", param_hint="--task")
+    mine = [a.n for a in job.attempt_list if a.task == task]
     for n in mine:
         click.echo(f"=== task {task}, attempt {n} ===")
         # Only the task's last attempt, while the job is still on it, can grow.
-        live = follow and n == mine[-1] and job.get("current_task") == task
+        live = follow and n == mine[-1] and job.current_task == task
         _follow_logs(client, job_id, n, follow=live, rank=node)
 
 
@@ -353,15 +409,12 @@ def cancel(obj: Ctx, job_ids: tuple[int, ...], all_: bool, name: str | None,
     chosen = [bool(job_ids), all_, name is not None, array is not None]
     if sum(chosen) != 1:
         raise click.UsageError("give job ids, --name, --array or --all (one of them)")
-    body: dict[str, Any] = ({"all": True} if all_ else {"name": name} if name is not None
-                            else {"array": array} if array is not None
-                            else {"ids": list(job_ids)})
-    reply = obj.client().post("/api/v1/cancel", body)
-    for job_id in reply["cancelled"]:
+    reply = obj.client().cancel(list(job_ids) or None, name=name, array=array, all=all_)
+    for job_id in reply.cancelled:
         click.echo(f"cancelling job {job_id}")
-    for s in reply["skipped"]:
-        click.echo(f"skipped job {s['id']}: {s['why']}", err=True)
-    if reply["skipped"] and not reply["cancelled"]:
+    for s in reply.skipped:
+        click.echo(f"skipped job {s.id}: {s.why}", err=True)
+    if reply.skipped and not reply.cancelled:
         sys.exit(1)
 
 
@@ -372,8 +425,8 @@ def cancel(obj: Ctx, job_ids: tuple[int, ...], all_: bool, name: str | None,
 @pass_ctx
 def preempt(obj: Ctx, job_id: int, notice: float) -> None:
     """Simulate a spot preemption of a job's instances (local provider)."""
-    reply = obj.client().post(f"/api/v1/jobs/{job_id}/preempt", {"notice": notice})
-    click.echo(f"preempting job {job_id} attempt {reply['attempt']} with {notice:g}s notice")
+    reply = obj.client().preempt(job_id, notice)
+    click.echo(f"preempting job {job_id} attempt {reply.attempt} with {notice:g}s notice")
 
 
 @main.command()
@@ -485,8 +538,8 @@ def _plan_task(state_dir: Path, url: str | None, spec: Any, task: Any,
     client, why = _reachable(state_dir, url)
     if client is not None:
         try:
-            reply: dict[str, Any] = client.post("/api/v1/plan", {"task": task,
-                                                                 "source": source})
+            reply: dict[str, Any] = _as_json(client.plan_body({"task": task,
+                                                               "source": source}))
             reply["enabled_by"] = (f"the controller at {reply.get('controller') or client.url};"
                                    " its live prices and preemption memory")
             return reply
@@ -538,7 +591,7 @@ def _run_checks(state_dir: Path, url: str | None, file: Path | None) -> list[Fin
     controller: dict[str, Any] | None = None
     if client is not None:
         try:
-            controller = client.get("/api/v1/clouds")
+            controller = _as_json(client.clouds())
         except ControllerUnavailableError as err:
             why = str(err)
         except ApiError as err:  # an older controller, or a wrong token
@@ -776,8 +829,8 @@ async def _check_remote_bucket(where: str, source: str, scheme: str) -> Finding:
 @pass_ctx
 def capacity(obj: Ctx, zone: str, spot: bool) -> None:
     """Set a local zone in or out of spot capacity (simulated market)."""
-    reply = obj.client().post("/api/v1/local/capacity", {"zone": zone, "spot": spot})
-    zones = ", ".join(reply["no_spot_zones"]) or "none"
+    reply = obj.client().set_capacity(zone, spot)
+    zones = ", ".join(reply.no_spot_zones) or "none"
     click.echo(f"zones without spot capacity: {zones}")
 
 
@@ -788,15 +841,15 @@ def capacity(obj: Ctx, zone: str, spot: bool) -> None:
 @pass_ctx
 def prices(obj: Ctx, accelerator: str | None, cloud: str | None, as_json: bool) -> None:
     """Show spot prices: live where the poller has read them, stale or list otherwise."""
-    reply = obj.client().get("/api/v1/prices", accelerator=accelerator, cloud=cloud)
+    reply = obj.client().prices(accelerator=accelerator, cloud=cloud)
     if as_json:
-        click.echo(json.dumps(reply["prices"], indent=2))
+        click.echo(json.dumps([_as_json(p) for p in reply.prices], indent=2))
         return
-    rows = [[p["cloud"], p["region"], p["zone"], p["instance_type"], p["accelerator"] or "-",
-             f"${p['ondemand_price']:.3f}",
-             f"${p['spot_price']:.3f}" if p["spot_price"] is not None else "-",
-             p["status"] + (f" ({fmt_time(p['observed_at'])})" if p["observed_at"] else "")]
-            for p in reply["prices"]]
+    rows = [[p.cloud, p.region, p.zone, p.instance_type, p.accelerator or "-",
+             f"${p.ondemand_price:.3f}",
+             f"${p.spot_price:.3f}" if p.spot_price is not None else "-",
+             p.status + (f" ({fmt_time(p.observed_at)})" if p.observed_at else "")]
+            for p in reply.prices]
     click.echo(table(rows, ["CLOUD", "REGION", "ZONE", "INSTANCE", "ACCEL", "ON-DEMAND",
                              "SPOT", "SPOT PRICE IS"]))
 
@@ -811,11 +864,11 @@ def webhooks() -> None:
 @pass_ctx
 def webhooks_test(obj: Ctx, name: str) -> None:
     """Send a sample event to webhook NAME now and show the receiver's answer."""
-    reply = obj.client().post("/api/v1/webhooks/test", {"name": name})
-    if reply["ok"]:
-        click.echo(f"{name}: delivered (HTTP {reply['status']}), delivery {reply['delivery']}")
+    reply = obj.client().test_webhook(name)
+    if reply.ok:
+        click.echo(f"{name}: delivered (HTTP {reply.status}), delivery {reply.delivery}")
         return
-    click.echo(f"{name}: not delivered: {reply['error']}", err=True)
+    click.echo(f"{name}: not delivered: {reply.error}", err=True)
     sys.exit(1)
 
 

@@ -110,6 +110,9 @@ class ControllerConfig(BaseSettings):
     copy_sync_interval: float = Field(default=60.0, gt=0)
     # Local provider: zones currently without spot capacity.
     local_no_spot_zones: Annotated[list[str], NoDecode] = []
+    # The local cloud served by a simulated cloud over HTTP (bench/fleet_cloud.py, the fleet
+    # load generator) instead of local processes: its base URL, e.g. http://127.0.0.1:9000.
+    local_backend: str | None = Field(default=None, pattern=r"^https?://")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     # TLS for the API: both or neither.
     tls_cert: Path | None = None

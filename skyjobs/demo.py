@@ -17,10 +17,8 @@ from typing import Any
 import click
 
 from skyjobs.client import Client, connect, wait_until
+from skyjobs.models import Job
 from skyjobs.render import event_line
-from skyjobs.spec import load_task
-from skyjobs.states import TERMINAL
-from skyjobs.submission import build_archive, raw_task
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.yaml"
 FAST = {"SKYJOBS_INSTANCE_POLL_INTERVAL": "1", "SKYJOBS_NOTICE_POLL_INTERVAL": "0.25",
@@ -39,13 +37,7 @@ def wait_for(what: str, check: Any, limit_s: float) -> Any:
 
 
 def all_logs(client: Client, job_id: int) -> str:
-    out, attempt = [], 1
-    while True:
-        reply = client.get(f"/api/v1/jobs/{job_id}/logs", attempt=attempt)
-        out.append(reply["data"])
-        if attempt >= reply["attempts"]:
-            return "".join(out)
-        attempt += 1
+    return "".join(client.logs(job_id))  # every attempt's log, in order
 
 
 def run_demo(task_file: Path, state_dir: Path, notice: float) -> None:
@@ -53,34 +45,30 @@ def run_demo(task_file: Path, state_dir: Path, notice: float) -> None:
     os.environ.update({k: v for k, v in FAST.items() if k not in os.environ})
     say(f"starting a controller on {state_dir}")
     client = connect(state_dir, None, autostart=True)
-    spec = load_task(task_file)
-    job = client.post("/api/v1/jobs", {"task": raw_task(task_file), "source": str(task_file),
-                                       "archive": build_archive(spec)})
-    job_id = int(job["id"])
+    job_id = client.submit(task_file).id
     say(f"submitted {task_file.name} as job {job_id}")
 
-    def status() -> dict[str, Any]:
-        return dict(client.get(f"/api/v1/jobs/{job_id}"))
+    def status() -> Job:
+        return client.get(job_id)
 
-    first = wait_for("the job to run", lambda: status()["status"] == "RUNNING" and status(), 60)
-    say(f"job {job_id} RUNNING on {first['placement']}")
+    first = wait_for("the job to run", lambda: (s := status()).status == "RUNNING" and s, 60)
+    say(f"job {job_id} RUNNING on {first.placement}")
     wait_for("a checkpoint", lambda: "step 20 " in all_logs(client, job_id), 60)
     say(f"preempting it with a {notice:g}s notice (the job checkpoints on SIGTERM)")
-    client.post(f"/api/v1/jobs/{job_id}/preempt", {"notice": notice})
-    wait_for("RECOVERING", lambda: status()["recoveries"] >= 1, 30)
+    client.preempt(job_id, notice)
+    wait_for("RECOVERING", lambda: status().recoveries >= 1, 30)
     say("job RECOVERING: relaunching on the next-cheapest placement")
     final = wait_for("the job to finish",
-                     lambda: (s := status())["status"] in TERMINAL and s, 90)
+                     lambda: (s := status()).done and s, 90)
     logs = all_logs(client, job_id)
     click.echo("\n--- job logs (every attempt) ---\n" + logs.rstrip())
     click.echo("\n--- events ---")
-    for e in client.get(f"/api/v1/jobs/{job_id}/events")["events"]:
-        click.echo(f"  {event_line(e, detail=False)}")
-    attempts = final["attempts"]
-    say(f"job {job_id} {final['status']} after {final['recoveries']} recovery(ies), "
-        f"{attempts} attempts, cost ${final['cost']:.4f} vs ${final['on_demand_cost']:.4f} "
+    for e in client.events(job_id):
+        click.echo(f"  {event_line(e.model_dump(), detail=False)}")
+    say(f"job {job_id} {final.status} after {final.recoveries} recovery(ies), "
+        f"{final.attempts} attempts, cost ${final.cost:.4f} vs ${final.on_demand_cost:.4f} "
         "on-demand")
-    if final["status"] != "SUCCEEDED" or "resumed from checkpoint at step" not in logs:
+    if final.status != "SUCCEEDED" or "resumed from checkpoint at step" not in logs:
         raise click.ClickException("demo: the job did not resume from its checkpoint and succeed")
     say("success: preempted, resumed from its checkpoint, SUCCEEDED")
 
@@ -89,8 +77,8 @@ def cancel_everything(state_dir: Path) -> None:
     """A failed demo must not leave simulated instances behind."""
     try:
         client = connect(state_dir, None)
-        client.post("/api/v1/cancel", {"all": True})
-        wait_for("cancel", lambda: not client.get("/api/v1/jobs", status="CANCELLING")["jobs"], 15)
+        client.cancel(all=True)
+        wait_for("cancel", lambda: not client.queue(status="CANCELLING"), 15)
     except Exception as err:  # noqa: BLE001 - best effort on the way out
         say(f"could not cancel the demo's jobs: {err}")
 

@@ -54,3 +54,26 @@ class ApiError(SkyjobsError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class BadRequestError(ApiError):
+    """The controller refused the request as malformed (HTTP 400); the message says why."""
+
+
+class UnauthorizedError(ApiError):
+    """The controller refused the token (HTTP 401): check SKYJOBS_TOKEN or the state dir."""
+
+
+class ApiNotFoundError(ApiError, NotFoundError):
+    """The controller has no such job, attempt or log (HTTP 404)."""
+
+
+class ConflictError(ApiError):
+    """The request lost a race with the job's state machine (HTTP 409)."""
+
+
+def api_error(status: int, message: str) -> ApiError:
+    """The ApiError subclass for an HTTP error status (any ApiError for others)."""
+    kind = {400: BadRequestError, 401: UnauthorizedError, 404: ApiNotFoundError,
+            409: ConflictError}.get(status, ApiError)
+    return kind(status, message)

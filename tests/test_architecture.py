@@ -26,6 +26,7 @@ LAYERS = {
     "skyjobs.controller": 3,
     "skyjobs.cli": 4, "skyjobs.client": 4, "skyjobs.demo": 4, "skyjobs.submission": 4,
     "skyjobs.simulate_cli": 4, "skyjobs.__main__": 4, "skyjobs.catalog_cli": 4,
+    "skyjobs.models": 0, "skyjobs.openapi": 0, "skyjobs.sdk": 4, "skyjobs.aio": 4,
 }
 # Node code runs on every instance before anything is installed.
 NODE_MAY_IMPORT = ("skyjobs.node", "skyjobs.checkpoint", "skyjobs.fsutil", "skyjobs.exceptions")

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +22,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel
 
+from skyjobs import models as m
+from skyjobs import openapi
 from skyjobs.checkpoint.buckets import local_bucket_dir
 from skyjobs.controller import store as st
 from skyjobs.controller import views
@@ -47,21 +49,31 @@ log = structlog.get_logger("skyjobs.api")
 
 MAX_ARCHIVE_BYTES = 100 * 1024 * 1024
 MAX_LOG_CHUNK = 1 << 20
-MAX_CANCEL_IDS = 10_000
-MAX_ARRAY_JOBS = 1000
-MAX_PIPELINE_TASKS = 64
+# The longest request line served: every query the OpenAPI document allows (two 4096-char
+# texts, each up to 12 bytes a character once percent-encoded) must reach the handlers, which
+# answer with a JSON error; aiohttp's default (8190) answered a plain-text 400 before them.
+MAX_REQUEST_LINE = 128 * 1024
+MAX_CANCEL_IDS = m.MAX_CANCEL_IDS
 # Every integer from a request fits SQLite's signed 64-bit integer and a file offset.
-INT64_MAX = 2**63 - 1
-EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)
-_INTEGER = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
+INT64_MAX = m.INT64_MAX
+# Served without a token: it is the same for every installation of this version and says
+# nothing about this controller, and tools (codegen, schemathesis) read it before they
+# hold a token (skyjobs/openapi.py).
+PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
+API_PREFIXES = ("/api/", "/agent/", "/metrics")
 P = ParamSpec("P")
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CTL: web.AppKey[Services] = web.AppKey("services")
 
 
 class BadRequest(SkyjobsError):
     pass
+
+
+class Conflict(SkyjobsError):
+    """The request is well-formed but the job's state does not allow it right now (409)."""
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -72,7 +84,9 @@ def _error(status: int, message: str) -> web.Response:
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctl = request.app[CTL]
     path = request.path
-    if path.startswith("/api/") or (path == "/metrics" and not ctl.config.metrics_public):
+    if path in PUBLIC_PATHS:
+        pass
+    elif path.startswith("/api/") or (path == "/metrics" and not ctl.config.metrics_public):
         if not _bearer_ok(request, ctl.token):
             return _error(401, "unauthorized")
     elif path.startswith("/agent/"):
@@ -81,13 +95,15 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
             return _error(401, "unauthorized")
     try:
         return await handler(request)
-    except web.HTTPException:
+    except web.HTTPException as err:
+        if err.status >= 400 and path.startswith(API_PREFIXES):
+            return _http_error(request, err)
         raise
-    except (BadRequest, SpecError) as err:
+    except (BadRequest, SpecError, m.RequestError) as err:
         return _error(400, str(err))
     except NotFoundError as err:
         return _error(404, str(err))
-    except IllegalTransitionError as err:
+    except (IllegalTransitionError, Conflict) as err:
         return _error(409, str(err))
     except ProviderError as err:
         return _error(502, f"provider error: {err}")
@@ -99,6 +115,21 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return _error(500, "internal error (see the controller log)")
 
 
+def _http_error(request: web.Request, err: web.HTTPException) -> web.Response:
+    """aiohttp's own refusals (no such path, a method the path does not take, a body too
+    large) in the API's shape: one JSON error line, as every other refusal."""
+    if isinstance(err, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(err.allowed_methods))
+        method = request.method if request.method.isalpha() and len(request.method) <= 20 \
+            else _short(request.method)
+        reply = _error(405, f"{method} is not allowed here (allowed: {allowed})")
+        reply.headers["Allow"] = ",".join(sorted(err.allowed_methods))
+        return reply
+    if isinstance(err, web.HTTPNotFound):
+        return _error(404, f"no such endpoint: {_short(request.path)}")
+    return _error(err.status, (err.reason or f"HTTP {err.status}").lower())
+
+
 def _bearer_ok(request: web.Request, expected: str) -> bool:
     if not expected:
         return False  # an empty token file must never authorize "Bearer "
@@ -108,6 +139,21 @@ def _bearer_ok(request: web.Request, expected: str) -> bool:
     # Header values arrive decoded with surrogateescape; compare the bytes as sent.
     sent = got[7:].encode("utf-8", "surrogateescape")
     return hmac.compare_digest(sent, expected.encode())
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    """The JSON body, validated with its model from skyjobs.models (as the OpenAPI
+    document describes it)."""
+    return m.parse_request(model, await _json(request))
+
+
+def _query(request: web.Request, model: type[M]) -> M:
+    query = request.query
+    if len(query) != len(set(query)):
+        # ``?limit=5&limit=0``: which one did the caller mean? Refuse rather than guess.
+        twice = next(k for k in query if len(query.getall(k)) > 1)
+        raise BadRequest(f"query parameter {_short(twice)} is given more than once")
+    return m.parse_request(model, dict(query))
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
@@ -129,12 +175,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
-def _parse_int(value: str | None, lo: int, hi: int) -> int | None:
-    """ASCII digits only (``int()`` takes '١' and '1_0'), within [lo, hi]; else None."""
-    if value is None or not _INTEGER.fullmatch(value):
-        return None
-    n = int(value)
-    return n if lo <= n <= hi else None
+_parse_int = m.parse_int_text
 
 
 def _int(value: str | None, name: str, default: int | None = None, lo: int = -INT64_MAX,
@@ -154,15 +195,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _text(value: Any, name: str, default: str) -> str:
-    """An optional short string field of a request body."""
-    if value is None or value == "":
-        return default
-    if not isinstance(value, str) or len(value) > 4096:
-        raise BadRequest(f"{name} must be a string of at most 4096 characters")
-    return value
-
-
 def _job_id(request: web.Request) -> int:
     return _int(request.match_info["job"], "job id")
 
@@ -178,18 +210,15 @@ async def submit(request: web.Request) -> web.Response:
     archives: each task's workdir archive). Everything is checked before anything is
     stored."""
     ctl = request.app[CTL]
-    body = await _json(request)
-    source = _text(body.get("source"), "source", "task")
-    docs, encoded = _task_documents(body)
-    specs = [_checked_task(ctl, doc, body, task_source(source, i, len(docs)))
+    body = await _body(request, m.SubmitRequest)
+    source = body.source or "task"
+    docs, encoded = body.documents()
+    specs = [_checked_task(ctl, doc, body.envs, task_source(source, i, len(docs)))
              for i, doc in enumerate(docs)]
-    name = _text(body.get("name"), "name", specs[0].name or Path(source).stem or "job")
+    name = body.name or specs[0].name or Path(source).stem or "job"
     if len(name) > MAX_NAME_CHARS:
         raise BadRequest(f"name must be at most {MAX_NAME_CHARS} characters")
-    num_jobs = body.get("num_jobs", 1)
-    if isinstance(num_jobs, bool) or not isinstance(num_jobs, int) \
-            or not 1 <= num_jobs <= MAX_ARRAY_JOBS:
-        raise BadRequest(f"num_jobs must be a whole number from 1 to {MAX_ARRAY_JOBS}")
+    num_jobs = body.num_jobs
     stored = [spec.stored() for spec in specs]  # exactly what the runner validates again
     for i, spec in enumerate(specs):
         await _check_buckets(ctl, spec, task_source(source, i, len(specs)))
@@ -211,27 +240,10 @@ async def submit(request: web.Request) -> web.Response:
     return web.json_response(reply, status=201)
 
 
-def _task_documents(body: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """(task documents, their archives): ``task`` + ``archive``, or a pipeline's ``tasks``
-    + ``archives``."""
-    if "tasks" not in body:
-        return [body.get("task")], [body.get("archive")]
-    if "task" in body or "archive" in body:
-        raise BadRequest("give task (one task) or tasks (a pipeline), not both")
-    tasks, archives = body["tasks"], body.get("archives")
-    if not isinstance(tasks, list) or not 1 <= len(tasks) <= MAX_PIPELINE_TASKS:
-        raise BadRequest(f"tasks must be a list of 1 to {MAX_PIPELINE_TASKS} tasks")
-    if archives is None:
-        archives = [None] * len(tasks)
-    if not isinstance(archives, list) or len(archives) != len(tasks):
-        raise BadRequest("archives must be a list with one entry (or null) per task")
-    return tasks, archives
-
-
-def _checked_task(ctl: Services, doc: Any, body: dict[str, Any], source: str) -> TaskSpec:
+def _checked_task(ctl: Services, doc: Any, envs: Any, source: str) -> TaskSpec:
     spec = parse_task(doc, source=source)
-    if body.get("envs") is not None:
-        spec = spec.with_env_overrides(body["envs"], source="envs")
+    if envs is not None:
+        spec = spec.with_env_overrides(envs, source="envs")
     missing = spec.missing_values()
     if missing:
         raise SpecError(f"{source}: envs.{missing[0]}: needs a value (pass --env {missing[0]}=...)")
@@ -267,11 +279,9 @@ async def _check_buckets(ctl: Services, spec: TaskSpec, source: str) -> None:
                 raise SpecError(f"{source}: file_mounts.{target}: {err}") from None
 
 
-async def _save_archive(ctl: Services, encoded: Any) -> str | None:
+async def _save_archive(ctl: Services, encoded: str | None) -> str | None:
     if not encoded:
         return None
-    if not isinstance(encoded, str):
-        raise BadRequest("archive must be base64 text")
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
@@ -295,19 +305,10 @@ async def _save_archive(ctl: Services, encoded: Any) -> str | None:
 
 async def list_jobs(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
-    q = request.query
-    statuses = [s.strip().upper() for s in q.get("status", "").split(",") if s.strip()]
-    unknown = [s for s in statuses if s not in st.ALL_STATES]
-    if unknown:
-        raise BadRequest(f"unknown status {unknown[0]!r}")
-    limit = min(max(_int(q.get("limit"), "limit", 1000), 1), 10000)
-    offset = max(_int(q.get("offset"), "offset", 0), 0)
-    name = q.get("name") or None
-    if name is not None and len(name) > 4096:
-        raise BadRequest("name is too long")
-    array = _int(q.get("array"), "array", 0, lo=0) or None
-    jobs = await _db(ctl, ctl.store.sync.list_jobs, statuses or None, limit, offset, name,
-                     array)
+    q = _query(request, m.JobsQuery)
+    limit, offset = q.limit, q.offset
+    jobs = await _db(ctl, ctl.store.sync.list_jobs, q.statuses() or None, limit, offset,
+                     q.name, q.array)
     attempts = await _db(ctl, ctl.store.sync.attempts_for_jobs, [j.id for j in jobs])
     now = time.time()
     rows = [views.job_summary(ctl, j, attempts[j.id], now) for j in jobs]
@@ -323,8 +324,8 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def job_events(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
-    after = _int(request.query.get("after"), "after", 0)
     job_id = _job_id(request)
+    after = _query(request, m.EventsQuery).after
     events = await _db(ctl, ctl.store.sync.events, job_id, after)
     attempts = await _db(ctl, ctl.store.sync.attempts_of, job_id)
     for e in events:
@@ -338,11 +339,11 @@ async def job_logs(request: web.Request) -> web.Response:
     ask for next: the chunk never ends inside a UTF-8 character while the job may still
     write the rest of it, so a character split across chunks is neither lost nor garbled."""
     ctl = request.app[CTL]
-    job = await _db(ctl, ctl.store.sync.get_job, _job_id(request))
-    q = request.query
-    attempt_n = _int(q.get("attempt"), "attempt", job.attempt_count)
-    rank_ = _int(q.get("rank"), "rank", 0)
-    offset = _int(q.get("offset"), "offset", 0, lo=0)
+    job_id = _job_id(request)
+    q = _query(request, m.LogsQuery)
+    job = await _db(ctl, ctl.store.sync.get_job, job_id)
+    attempt_n = job.attempt_count if q.attempt is None else q.attempt
+    rank_, offset = q.rank, q.offset
     path = views.log_path(ctl, job.id, attempt_n, rank_)
     final = job.status in st.TERMINAL
 
@@ -380,30 +381,15 @@ def _complete_utf8(data: bytes) -> int:
 
 async def cancel(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
-    body = await _json(request)
-    all_, ids = body.get("all", False), body.get("ids")
-    name, array = body.get("name"), body.get("array")
-    if not isinstance(all_, bool):
-        raise BadRequest("all must be true or false")
-    if sum((all_, ids is not None, name is not None, array is not None)) != 1:
-        raise BadRequest("give exactly one of ids, name, array or all: true")
-    if name is not None or array is not None:
-        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 4096):
-            raise BadRequest("name must be a job name")
-        if array is not None and (isinstance(array, bool) or not isinstance(array, int)
-                                  or not 0 < array <= INT64_MAX):
-            raise BadRequest("array must be a job array's id")
+    # Every id is checked (by the model) before any job is touched: a rejected request
+    # changes nothing.
+    body = await _body(request, m.CancelRequest)
+    if body.name is not None or body.array is not None:
         live = await _db(ctl, ctl.store.sync.list_jobs, sorted(st.LIVE), MAX_CANCEL_IDS, 0,
-                         name, array)
+                         body.name, body.array)
         targets = [j.id for j in live]
-    elif not all_:
-        # Every id is checked before any job is touched: a rejected request changes nothing.
-        if not isinstance(ids, list) or not 0 < len(ids) <= MAX_CANCEL_IDS or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 < i <= INT64_MAX
-                for i in ids):
-            raise BadRequest(f"ids must be a list of 1 to {MAX_CANCEL_IDS} job ids "
-                             "(or all: true)")
-        targets = list(dict.fromkeys(ids))
+    elif body.ids is not None:
+        targets = list(dict.fromkeys(body.ids))
     else:
         targets = await _db(ctl, ctl.store.sync.live_job_ids)
     done, skipped = [], []
@@ -423,10 +409,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def preempt(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
-    body = await _json(request)
-    notice = body.get("notice", 120)
-    if isinstance(notice, bool) or not isinstance(notice, int | float) or not 0 <= notice <= 3600:
-        raise BadRequest("notice must be a number of seconds between 0 and 3600")
+    notice = (await _body(request, m.PreemptRequest)).notice
     job = await _db(ctl, ctl.store.sync.get_job, _job_id(request))
     if job.status not in (st.RUNNING, st.PROVISIONING) or job.current_attempt is None:
         raise BadRequest(f"job {job.id} is {job.status}; only a running job can be preempted")
@@ -435,7 +418,13 @@ async def preempt(request: web.Request) -> web.Response:
     if provider is None:
         raise BadRequest(f"{attempt.cloud} instances can only be preempted by the cloud")
     issued_at = time.time()
-    await provider.preempt(attempt.instance_ids, float(notice))
+    try:
+        await provider.preempt(attempt.instance_ids, float(notice))
+    except ProviderError as err:
+        # The job's row still says RUNNING while its instance is already going (an earlier
+        # preemption, an exit): nothing to preempt now. A state race, not a cloud failure.
+        raise Conflict(f"job {job.id}: attempt {attempt.n} cannot be preempted now: {err} "
+                       "(a preemption or an exit is under way)") from None
     return web.json_response({"job": job.id, "attempt": attempt.n, "notice": notice,
                               "issued_at": issued_at})
 
@@ -444,9 +433,9 @@ async def plan(request: web.Request) -> web.Response:
     """The ranking across every cloud of the catalog, each row marked enabled or not here;
     this controller's live prices and preemption memory. Bucket problems are warnings."""
     ctl = request.app[CTL]
-    body = await _json(request)
-    source = _text(body.get("source"), "source", "task")
-    spec = parse_task(body.get("task"), source=source)
+    body = await _body(request, m.PlanRequest)
+    source = body.source or "task"
+    spec = parse_task(body.task, source=source)
     ctx = views.fresh_ranking_context(ctl.config, spec, ctl.memory, ctl.price_book, time.time())
     try:
         reply = views.plan_reply(spec, views.plan_catalog(ctl.catalog), set(ctl.providers),
@@ -471,8 +460,8 @@ async def clouds(request: web.Request) -> web.Response:
 
 async def prices(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
-    q = request.query
-    accel, cloud = q.get("accelerator"), q.get("cloud")
+    q = _query(request, m.PricesQuery)
+    accel, cloud = q.accelerator, q.cloud
     now = time.time()
     rows = []
     for o in ctl.catalog.offerings:
@@ -487,18 +476,20 @@ async def prices(request: web.Request) -> web.Response:
 
 async def capacity(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
-    body = await _json(request)
-    zone, available = body.get("zone"), body.get("spot")
+    body = await _body(request, m.CapacityRequest)
+    zone, available = body.zone, body.spot
     provider = ability(ctl.providers.get("local"), SimulatedMarket)
     if provider is None:
         raise BadRequest("the local provider is not enabled")
     zones = {o.zone for o in ctl.catalog.offerings if o.cloud == "local"}
-    if not isinstance(zone, str) or zone not in zones:
+    if zone not in zones:
         raise BadRequest(f"unknown local zone {zone!r} (zones: {', '.join(sorted(zones))})")
-    if not isinstance(available, bool):
-        raise BadRequest("spot must be true or false")
     no_spot = await asyncio.to_thread(provider.set_spot_capacity, zone, available)
     return web.json_response({"no_spot_zones": no_spot})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
 
 
 async def health(request: web.Request) -> web.Response:
@@ -515,9 +506,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def webhook_test(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
-    name = (await _json(request)).get("name")
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
-        raise BadRequest("name must be the name of a configured webhook")
+    name = (await _body(request, m.WebhookTestRequest)).name
     return web.json_response(await ctl.webhooks.send_test(name))
 
 
@@ -554,7 +543,7 @@ def _short_int(n: int) -> str:
 async def agent_task(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     attempt = await _attempt(request)
-    _rank(request.query.get("rank"), attempt.num_nodes)
+    _rank(_query(request, m.AgentRankQuery).rank, attempt.num_nodes)
     job = await _db(ctl, ctl.store.sync.get_job, attempt.job_id)
     provider = ctl.providers.get(attempt.cloud)
     if provider is None:
@@ -586,16 +575,14 @@ async def agent_zipapp(request: web.Request) -> web.Response:
 async def agent_heartbeat(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     attempt_id = _attempt_id(request)
-    body = await _json(request)
+    body = await _body(request, m.HeartbeatRequest)
     # No store read per heartbeat: the rank is checked against the largest possible task.
-    rank_ = _rank(body.get("rank"), MAX_NODES)
-    wait = body.get("wait_go") or 0
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
-        raise BadRequest("wait_go must be a number of seconds")
+    rank_ = _rank(body.rank, MAX_NODES)
+    wait = body.wait_go or 0
     sessions = ctl.sessions
     sessions.heard(attempt_id, rank_)
     if wait > 0 and attempt_id not in sessions.go:
-        await sessions.wait_go(attempt_id, float(min(wait, 30)))
+        await sessions.wait_go(attempt_id, wait)
     return web.json_response({"go": attempt_id in sessions.go,
                               "drain": attempt_id in sessions.drain})
 
@@ -603,27 +590,20 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
 async def agent_event(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     attempt = await _attempt(request)
-    body = await _json(request)
-    rank_ = _rank(body.get("rank"), attempt.num_nodes)
-    kind, phase, code = body.get("kind"), body.get("phase"), body.get("exit_code")
-    if kind not in ("notice", "phase", "exit"):
-        raise BadRequest(f"unknown event kind {_short(kind)}")
-    if kind == "phase" and phase not in ("setup", "ready", "running"):
-        raise BadRequest(f"unknown phase {_short(phase)}")
-    if kind == "exit" and (isinstance(code, bool) or not isinstance(code, int)
-                           or not EXIT_CODE_RANGE[0] <= code <= EXIT_CODE_RANGE[1]):
-        raise BadRequest("exit_code must be a 32-bit integer")
+    body = await _body(request, m.AgentEventRequest)
+    rank_ = _rank(body.rank, attempt.num_nodes)
+    kind, phase, code = body.kind, body.phase, body.exit_code
     s = ctl.store.sync
     ctl.sessions.heard(attempt.id, rank_)
-    if kind == "notice" or (kind == "exit" and body.get("noticed")):
-        await ctl.sessions.record_notice(attempt, rank_, body.get("notice"),
-                                         _timestamp(body.get("seen_at")))
+    if kind == "notice" or (kind == "exit" and body.noticed):
+        await ctl.sessions.record_notice(attempt, rank_, body.notice,
+                                         _timestamp(body.seen_at))
     if kind == "phase":
         if await _db(ctl, s.set_node_phase, attempt.id, rank_, NodePhase(str(phase))):
             ctl.runners.post(attempt.job_id, Message(MessageKind.PHASE, attempt.id, rank_))
     elif kind == "exit":
         ended = NodePhase.SETUP_FAILED if phase == "setup" and code != 0 else NodePhase.EXITED
-        error = body.get("error")
+        error = body.error
         if await _db(ctl, s.set_node_phase, attempt.id, rank_, ended, code):
             if isinstance(error, str) and error.strip():
                 # What broke the agent itself (an archive it could not unpack...): an event
@@ -645,8 +625,8 @@ def _timestamp(value: Any) -> float | None:
 async def agent_logs(request: web.Request) -> web.Response:
     ctl = request.app[CTL]
     attempt = await _attempt(request)
-    rank_ = _rank(request.query.get("rank"), attempt.num_nodes)
-    offset = _int(request.query.get("offset"), "offset", lo=0)
+    q = _query(request, m.AgentLogsQuery)
+    rank_, offset = _rank(q.rank, attempt.num_nodes), q.offset
     data = await request.read()
     path = views.log_path(ctl, attempt.job_id, attempt.n, rank_)
     size = await asyncio.to_thread(_append_at, path, offset, data)
@@ -668,6 +648,7 @@ def make_app(ctl: Services) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_ARCHIVE_BYTES * 2)
     app[CTL] = ctl
     app.add_routes([
+        web.get("/api/v1/openapi.json", openapi_document),
         web.get("/api/v1/health", health),
         web.post("/api/v1/jobs", submit),
         web.get("/api/v1/jobs", list_jobs),
@@ -689,4 +670,5 @@ def make_app(ctl: Services) -> web.Application:
         web.post("/agent/v1/attempts/{attempt}/events", agent_event),
         web.post("/agent/v1/attempts/{attempt}/logs", agent_logs),
     ])
+    __import__("skyjobs.controller.dashboard", fromlist=["setup"]).setup(app, ctl)
     return app

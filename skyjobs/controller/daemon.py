@@ -30,6 +30,7 @@ from skyjobs.config import ControllerConfig
 from skyjobs.controller import agent_dist, sdnotify
 from skyjobs.controller import store as st
 from skyjobs.controller.duties import Duties
+from skyjobs.controller.looplag import LoopLagMonitor
 from skyjobs.controller.messages import Message
 from skyjobs.controller.metrics import InstrumentedProvider, Metrics
 from skyjobs.controller.monitor import InstanceMonitor
@@ -45,6 +46,7 @@ from skyjobs.pricing.catalog import Catalog
 from skyjobs.pricing.prices import PriceBook
 from skyjobs.providers.base import NeedsPreparation, Provider, ability
 from skyjobs.providers.local import LocalProvider
+from skyjobs.providers.remote import RemoteProvider
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.states import MessageKind
 
@@ -83,6 +85,8 @@ class Controller:
         self.catalog = Catalog.for_clouds(config.clouds, state_dir=config.state_dir)
         self.providers: dict[str, Provider] = providers or {}
         self.metrics = Metrics(hooks=[w.name for w in config.webhooks])
+        self.loop_lag = LoopLagMonitor()
+        self.metrics.watch_loop(self.loop_lag)
         self._services: Services | None = None
         self._stop = asyncio.Event()
         self._forced = False
@@ -150,6 +154,8 @@ class Controller:
         # reads, so in a thread, and before anything can launch or ask for it.
         dist = await agent_dist.load_async()
         self._services = sv = self._wire(store, token, secret, f"sj{cid}", memory, prices, dist)
+        # Before the jobs resume: re-attaching thousands of them is event-loop work too.
+        self._watch(self.loop_lag.start())
         await self._serve_http(sv)
         for job_id in await store.call(store.sync.live_job_ids):
             sv.runners.start(job_id)  # re-attach to every unfinished job
@@ -197,11 +203,12 @@ class Controller:
         return sv
 
     async def _serve_http(self, sv: Services) -> None:
-        from skyjobs.controller.api import make_app  # the HTTP layer sits above the rest
+        # the HTTP layer sits above the rest
+        from skyjobs.controller.api import MAX_REQUEST_LINE, make_app
 
         # Held long-polls must not hold up a shutdown for aiohttp's default minute.
         self._http = web.AppRunner(make_app(sv), access_log=None, handle_signals=False,
-                                   shutdown_timeout=2.0)
+                                   shutdown_timeout=2.0, max_line_size=MAX_REQUEST_LINE)
         await self._http.setup()
         site = web.TCPSite(self._http, self.config.host, self._port(),
                            ssl_context=self._ssl_context(), reuse_address=True)
@@ -256,7 +263,11 @@ class Controller:
         for cloud in self.config.clouds:
             if cloud in self.providers:
                 continue
-            if cloud == "local":
+            if cloud == "local" and self.config.local_backend:
+                # The local cloud's offerings, served by a simulated cloud over HTTP (the
+                # fleet load generator, bench/fleet_cloud.py) instead of local processes.
+                self.providers[cloud] = RemoteProvider(self.config.local_backend)
+            elif cloud == "local":
                 self.providers[cloud] = LocalProvider(self.state_dir / "local-cloud",
                                                       self.config.local_no_spot_zones)
             elif cloud == "aws":

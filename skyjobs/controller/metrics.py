@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from skyjobs.controller.looplag import LoopLagMonitor
 from skyjobs.controller.store import ALL_STATES
 from skyjobs.exceptions import CapacityError
 from skyjobs.providers.base import InstanceInfo, LaunchRequest, Provider
@@ -34,6 +35,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NOTICE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Cloud API calls: fast describes to slow multi-node launches.
 PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Event-loop lag: a healthy loop stays in the first buckets; 100 ms is the p99 target.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0)
 
 
 # Label values are a closed set: free text in a label makes an unbounded number of series.
@@ -98,6 +102,21 @@ class Metrics:
             # Present from the first scrape, so rate() and alerts see a 0 rather than nothing.
             self.webhook_failures.labels(hook=hook)
             self.webhook_deliveries.labels(hook=hook)
+
+    def watch_loop(self, monitor: LoopLagMonitor) -> None:
+        """Export an event-loop lag monitor: every sample into a histogram, and the max and
+        p99 of its trailing window as gauges computed at scrape time."""
+        r = self.registry
+        lag = Histogram("skyjobs_event_loop_lag_seconds",
+                        "How late the event loop ran a timer that was due (sampled every "
+                        f"{monitor.interval:g}s).", buckets=LOOP_LAG_BUCKETS, registry=r)
+        Gauge("skyjobs_event_loop_lag_max_seconds",
+              f"Largest event-loop lag of the last {monitor.window:g}s.",
+              registry=r).set_function(monitor.max)
+        Gauge("skyjobs_event_loop_lag_p99_seconds",
+              f"99th percentile of the event-loop lag over the last {monitor.window:g}s.",
+              registry=r).set_function(lambda: monitor.quantile(0.99))
+        monitor.add_sink(lag.observe)
 
     # --- events, fed as they happen ------------------------------------------------------
 

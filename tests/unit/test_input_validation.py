@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from skyjobs import cli
+from skyjobs.client import Client
 from skyjobs.controller import views
 from skyjobs.exceptions import SpecError
 from skyjobs.spec import TaskSpec, load_task, parse_task
@@ -318,11 +319,14 @@ async def test_a_live_log_ending_mid_character_waits_for_the_rest(h: Harness) ->
     assert (reply["data"], reply["next_offset"]) == ("€y", 5)
 
 
-class _FakeClient:
+class _FakeClient(Client):
+    """The real client with its one HTTP call replaced: the log walk is the client's."""
+
     def __init__(self, text: str, chunk: int) -> None:
+        super().__init__("http://fake", "token")
         self.raw, self.chunk = text.encode(), chunk
 
-    def get(self, path: str, **query: Any) -> dict[str, Any]:
+    def _send(self, method: str, path: str, query: Any = None, body: Any = None) -> Any:
         offset = int(query["offset"])
         data = self.raw[offset:offset + self.chunk]
         while data and len(data) < len(self.raw) - offset:
@@ -332,10 +336,11 @@ class _FakeClient:
             except UnicodeDecodeError:
                 data = data[:-1]
         return {"data": data.decode(), "next_offset": offset + len(data), "attempts": 1,
-                "status": "SUCCEEDED"}
+                "status": "SUCCEEDED", "attempt": 1, "rank": 0, "offset": offset,
+                "bytes": len(data), "size": len(self.raw)}
 
 
 def test_follow_logs_advances_by_bytes(capsys: pytest.CaptureFixture[str]) -> None:
     text = "héllo wörld → ✓ 日本語 " * 50
-    cli._follow_logs(_FakeClient(text, 7), 1, 1, follow=False)  # type: ignore[arg-type]
+    cli._follow_logs(_FakeClient(text, 7), 1, 1, follow=False)
     assert capsys.readouterr().out == text
