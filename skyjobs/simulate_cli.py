@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
 from skyjobs.exceptions import SkyjobsError
 from skyjobs.recovery.policy import effective_strategy
-from skyjobs.recovery.sim.simulator import BUILTIN_NAMES, Report, SimConfig, evaluate
-from skyjobs.recovery.sim.traces import load_traces
+from skyjobs.recovery.sim.simulator import (
+    BUILTIN_NAMES,
+    Report,
+    SimConfig,
+    evaluate,
+    total_runs,
+)
+from skyjobs.recovery.sim.traces import TraceSet, load_traces
 from skyjobs.spec import STRATEGIES, JobRecovery
 
 DEFAULT_POLICIES = ("default", "skypilot", "single-zone-greedy")
@@ -114,6 +121,24 @@ def _plot_path(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return path
 
 
+def _evaluate_with_progress(traces: TraceSet, cfg: SimConfig, names: list[str],
+                            with_bound: bool) -> Report:
+    """``evaluate`` under a progress bar of its runs on stderr when that is a terminal
+    (the replay of a week of traces takes minutes); plain otherwise, so pipes and --json
+    stay clean."""
+    if not sys.stderr.isatty():
+        return evaluate(traces, cfg, names, with_bound=with_bound)
+    cfg.validate()
+    total = total_runs(traces, cfg, names, with_bound)
+    with click.progressbar(length=total, label="replaying", file=sys.stderr,
+                           item_show_func=lambda what: what, show_eta=True) as bar:
+
+        def step(what: str, done: int) -> None:
+            bar.update(done, what)
+
+        return evaluate(traces, cfg, names, with_bound=with_bound, progress=step)
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and value <= 0:
         raise click.BadParameter("must be positive")
@@ -183,8 +208,9 @@ def simulate(traces_dir: str, policies: tuple[str, ...], job_hours: float,
         ondemand_price=on_demand_price, nodes=nodes, start_every_hours=start_every_hours,
         zone_cooldown_s=zone_cooldown_minutes * 60)
     try:
-        report = evaluate(load_traces(traces_dir), cfg, list(dict.fromkeys(names)),
-                          with_bound=not no_bound)
+        traces = load_traces(traces_dir)
+        unique = list(dict.fromkeys(names))
+        report = _evaluate_with_progress(traces, cfg, unique, not no_bound)
     except SkyjobsError as err:
         raise click.ClickException(str(err)) from None
     if as_json:

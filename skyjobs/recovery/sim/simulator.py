@@ -402,7 +402,15 @@ def bound_run(traces: TraceSet, cfg: SimConfig, start: float) -> float | None:
     return _bound_hinted(traces, cfg, start, None)[0]
 
 
-def bound_runs(traces: TraceSet, cfg: SimConfig, starts: list[float]) -> list[float | None]:
+Progress = Callable[[str, int], None]  # (what, runs just done)
+
+
+def _no_progress(what: str, done: int) -> None:
+    return None
+
+
+def bound_runs(traces: TraceSet, cfg: SimConfig, starts: list[float],
+               progress: Progress = _no_progress) -> list[float | None]:
     """:func:`bound_run` for every start, each bisection seeded with the previous one's
     multiplier (the same values, faster)."""
     out: list[float | None] = []
@@ -411,6 +419,7 @@ def bound_runs(traces: TraceSet, cfg: SimConfig, starts: list[float]) -> list[fl
         value, next_mu = _bound_hinted(traces, cfg, s, mu)
         out.append(value)
         mu = next_mu if next_mu is not None else mu
+        progress("bound", 1)
     return out
 
 
@@ -472,18 +481,26 @@ BOUND = "omniscient"
 BUILTIN_NAMES = (*POLICIES, SINGLE_ZONE)
 
 
-def run_policy(traces: TraceSet, cfg: SimConfig, name: str,
-               starts: list[float]) -> list[RunResult]:
+def policy_specs(traces: TraceSet, name: str) -> list[PolicySpec]:
+    """What one policy name replays: ``single-zone-greedy`` is one spec per zone."""
+    if name == SINGLE_ZONE:
+        return [PolicySpec(f"{SINGLE_ZONE}:{z.zone}", "FAILOVER", zones=(z.zone,))
+                for z in traces.zones]
+    if name in POLICIES:
+        return [POLICIES[name]]
+    raise ConfigError(f"unknown policy {name!r} (known: {', '.join(BUILTIN_NAMES)})")
+
+
+def run_policy(traces: TraceSet, cfg: SimConfig, name: str, starts: list[float],
+               progress: Progress = _no_progress) -> list[RunResult]:
     """Every start of one policy; ``single-zone-greedy`` runs each zone on its own (greedy
     spot in that zone, on-demand once the deadline needs it) and returns all those runs."""
-    if name == SINGLE_ZONE:
-        specs = [PolicySpec(f"{SINGLE_ZONE}:{z.zone}", "FAILOVER", zones=(z.zone,))
-                 for z in traces.zones]
-    elif name in POLICIES:
-        specs = [POLICIES[name]]
-    else:
-        raise ConfigError(f"unknown policy {name!r} (known: {', '.join(BUILTIN_NAMES)})")
-    return [simulate_run(traces, cfg, spec, s) for spec in specs for s in starts]
+    out = []
+    for spec in policy_specs(traces, name):
+        for s in starts:
+            out.append(simulate_run(traces, cfg, spec, s))
+            progress(name, 1)
+    return out
 
 
 @dataclass(frozen=True)
@@ -501,19 +518,30 @@ class Report:
                 "policies": [p.as_dict() for p in self.policies]}
 
 
+def total_runs(traces: TraceSet, cfg: SimConfig, names: list[str],
+               with_bound: bool = True) -> int:
+    """How many runs :func:`evaluate` makes (for a progress bar): on-demand, the bound and
+    every policy, each over every start."""
+    starts = len(start_times(cfg, traces))
+    specs = 1 + sum(len(policy_specs(traces, n)) for n in names)
+    return starts * (specs + (1 if with_bound else 0))
+
+
 def evaluate(traces: TraceSet, cfg: SimConfig, names: list[str],
-             with_bound: bool = True) -> Report:
+             with_bound: bool = True, progress: Progress = _no_progress) -> Report:
+    """Replay ``names`` over every start; ``progress(what, n)`` hears of every finished run
+    (``total_runs`` says how many there will be)."""
     cfg.validate()
     starts = start_times(cfg, traces)
     if not starts:
         raise ConfigError(f"{traces.name}: the traces are shorter than one job window")
-    od_runs = run_policy(traces, cfg, "on-demand", starts)
+    od_runs = run_policy(traces, cfg, "on-demand", starts, progress)
     od_cost = sum(r.cost for r in od_runs) / len(od_runs)
     bound: float | None = None
     if with_bound:
-        values = bound_runs(traces, cfg, starts)
+        values = bound_runs(traces, cfg, starts, progress)
         bound = sum(v for v in values if v is not None) / len(values)
-    summaries = [summarize(n, run_policy(traces, cfg, n, starts), od_cost, bound)
+    summaries = [summarize(n, run_policy(traces, cfg, n, starts, progress), od_cost, bound)
                  for n in names]
     if bound is not None:
         summaries.append(PolicySummary(BOUND, len(starts), bound, 1 - bound / od_cost, 0,
