@@ -434,6 +434,7 @@ def one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             try:
                 result[name] = phase(run)
             except SystemExit as err:
+                run.profile(name, False)  # keep what the profiler saw of the stuck phase
                 # A phase that does not finish in time is a figure too: say where it stood.
                 result[name] = {"did_not_finish": str(err), **stuck(run)}
                 print(json.dumps({"jobs": n, name: result[name]}), flush=True)
