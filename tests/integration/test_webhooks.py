@@ -436,12 +436,8 @@ async def test_a_controller_job_life_reaches_the_receiver(tmp_path: Path,
     ctl = Controller(load_config(state_dir=tmp_path / "state", port=0, webhooks=hooks),
                      providers={"local": FakeProvider()})
     await ctl.start()
-    own: WebhookDispatcher | None = None
-    if getattr(ctl, "webhooks", None) is None:
-        # A controller that does not run its own dispatcher yet: do what it will do.
-        ctl.store.sync.hooks = store_hooks(ctl.config.webhooks)
-        own = WebhookDispatcher(ctl.store, ctl.config.webhooks, **FAST)
-        await own.start()
+    # The controller runs its own dispatcher (a second one here delivered rows twice).
+    assert ctl.services.webhooks is not None
     try:
         async with aiohttp.ClientSession() as http:
             agents = Agents(ctl, http)
@@ -458,8 +454,6 @@ async def test_a_controller_job_life_reaches_the_receiver(tmp_path: Path,
             await agents.event(second, {"kind": "exit", "exit_code": 0})
             await until("three deliveries", lambda: len(receiver.acked) == 3)
     finally:
-        if own is not None:
-            await own.stop()
         await ctl.shutdown()
     events = [r.payload for r in receiver.acked]
     assert [e["event"] for e in events] == ["recovering", "recovered", "succeeded"]
