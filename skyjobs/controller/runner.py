@@ -31,7 +31,14 @@ from skyjobs.providers import base
 from skyjobs.recovery import decide
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.recovery.placement import Candidate, match
-from skyjobs.recovery.policy import Ranked, RankingContext, deadline_decision, memory_key, rank
+from skyjobs.recovery.policy import (
+    Ranked,
+    RankingContext,
+    deadline_decision,
+    memory_key,
+    move_decision,
+    rank,
+)
 from skyjobs.spec import TaskSpec
 from skyjobs.states import (
     LAUNCH_ENDS,
@@ -131,6 +138,9 @@ class JobRunner:
         self.tried: set[tuple[str, str, str, bool]] = set()
         self._last_deadline_check = time.time()
         self._task_spec: tuple[int, TaskSpec] | None = None  # (task index, its spec)
+        # Where a move of a running spot attempt goes (move_decision's target). In memory
+        # only: a controller restarted before the replacement launched stays put.
+        self._move_target: tuple[str, str, str, bool] | None = None
 
     def post(self, msg: Message) -> None:
         self.inbox.put_nowait(msg)
@@ -195,6 +205,17 @@ class JobRunner:
         fresh = [r for r in ranked_candidates(self.sv, spec, ctx)
                  if self._key(r.candidate.placement) not in self.tried
                  and (source is None or r.candidate.placement.use_spot)]
+        if source is not None and source.use_spot:
+            # A move between spot zones goes where move_decision said, or nowhere: the
+            # best-ranked zone may well be the one the job already runs in.
+            fresh = [r for r in fresh if self._key(r.candidate.placement) == self._move_target]
+            if not fresh:
+                self.tried.clear()
+                self._move_target = None
+                await self._db(self.s.abort_migration, job.id, source.id,
+                               f"the cheaper zone has no capacity now; staying on "
+                               f"{source.placement_label()}")
+                return
         if not fresh and source is not None:
             # No spot capacity after all: stay where the job runs.
             self.tried.clear()
@@ -443,16 +464,27 @@ class JobRunner:
 
     def _watches_deadline(self, job: st.Job, attempt: st.Attempt) -> bool:
         rec = self._spec(job).resources.job_recovery
-        return not attempt.use_spot and rec.deadline_hours is not None \
-            and rec.expected_runtime_hours is not None
+        return rec.deadline_hours is not None and rec.expected_runtime_hours is not None
 
     async def _maybe_migrate(self, snap: st.Snapshot, attempt: st.Attempt) -> bool:
-        """Ask the same policy the simulator replays whether the slack allows spot again;
-        if so, start moving: the on-demand attempt runs until its replacement is ready."""
+        """Ask the same policy the simulator replays whether to move: an on-demand attempt
+        back to spot once the slack allows it, a spot attempt to a cheaper spot zone when
+        the saving beats a restart (docs/policy.md, "Fifth pass"). Either way the running
+        attempt goes on until its replacement is ready."""
         spec = self._spec(snap.job)
         ctx = ranking_context(self.sv, spec, snap.job, snap.task_attempts, time.time())
         ctx.running = True
         candidates = match(spec, self.sv.catalog, with_on_demand_twins=True)
+        if attempt.use_spot:
+            running_s = time.time() - attempt.running_at if attempt.running_at else 0.0
+            move = move_decision(candidates, ctx, running_s)
+            if move.target is None:
+                return False
+            self._move_target = self._key(move.target)
+            await self._db(self.s.begin_migration, snap.job.id, attempt.id,
+                           f"moving to a cheaper zone: {move.reason}")
+            self.log.info("moving to a cheaper zone", attempt=attempt.n, reason=move.reason)
+            return True
         spot = [c for c in candidates if c.placement.use_spot]
         decision = deadline_decision(ctx, candidates)
         if not spot or not decision.use_spot:

@@ -218,3 +218,73 @@ async def test_job_that_finishes_while_moving_succeeds(spot_again: dict[str, boo
         a.released for a in h.ctl.store.sync.attempts_of(job_id)))
     ends = [a["end_reason"] for a in (await h.job(job_id))["attempt_list"]]
     assert ends[0] == "succeeded" and ends[1] in ("superseded", "no_capacity")
+
+
+SLACK_TASK = {"resources": {"cloud": "local", "cpus": 2, "use_spot": True,
+                            "job_recovery": {"deadline_hours": 10.0,
+                                             "expected_runtime_hours": 2.0}},
+              "run": "x"}
+
+
+@pytest.fixture
+def cheaper_zone(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Switch: once set to a zone, the policy says a running spot job should move there
+    (the decision itself is move_decision's, tested in test_policy)."""
+    from skyjobs.controller import runner
+    from skyjobs.recovery.policy import Move
+
+    switch: dict[str, Any] = {"zone": None}
+    monkeypatch.setenv("SKYJOBS_DEADLINE_CHECK_INTERVAL", "0.1")
+
+    def decide(candidates: Any, ctx: Any, running_s: float) -> Move:
+        assert ctx.running and ctx.last is not None and ctx.last.use_spot
+        for c in candidates:
+            if c.placement.use_spot and c.placement.zone == switch["zone"]:
+                return Move(c.placement, f"{switch['zone']} is cheaper")
+        return Move(None, "stay")
+
+    monkeypatch.setattr(runner, "move_decision", decide)
+    return switch
+
+
+async def test_a_running_spot_job_moves_to_a_cheaper_zone_without_losing_its_run(
+        cheaper_zone: dict[str, Any], h: Harness) -> None:
+    ctl = h.ctl
+    job_id = await submit(h, SLACK_TASK)
+    old = await h.run_to_running(job_id)
+    assert (await h.job(job_id))["placement"] == "local/local-a/local.cpu2/spot"
+    cheaper_zone["zone"] = "local-c"  # not the ranking's next pick (local-b): the policy's
+    await until("a replacement", lambda: ctl.store.sync.get_job(job_id).current_attempt != old)
+    new = await h.current_attempt(job_id)
+    assert ctl.store.sync.get_attempt(new).zone == "local-c"
+    cheaper_zone["zone"] = None
+    await h.agent(new, {"kind": "phase", "phase": "ready", "rank": 0})
+    await until("the old attempt asked to drain", lambda: old in ctl.sessions.drain)
+    assert new not in ctl.sessions.go  # two attempts never run at once
+    await h.agent(old, {"kind": "exit", "exit_code": 143, "rank": 0})
+    await until("go", lambda: new in ctl.sessions.go)
+    await h.agent(new, {"kind": "phase", "phase": "running", "rank": 0})
+    j = await h.wait_status(job_id, "RUNNING")
+    assert [a["end_reason"] for a in j["attempt_list"]] == ["migrated", None]
+    assert j["recoveries"] == 0 and j["placement"] == "local/local-c/local.cpu2/spot"
+    assert any((e["reason"] or "").startswith("moving to a cheaper zone: local-c is cheaper")
+               for e in ctl.store.sync.events(job_id))
+
+
+async def test_a_move_to_a_zone_without_capacity_stays_put(
+        cheaper_zone: dict[str, Any], h: Harness) -> None:
+    job_id = await submit(h, SLACK_TASK)
+    old = await h.run_to_running(job_id)
+    h.fake.no_capacity = {"local-c"}
+    cheaper_zone["zone"] = "local-c"
+    await until("the move given up", lambda: any(
+        (e["reason"] or "").startswith("the cheaper zone has no capacity now")
+        for e in h.ctl.store.sync.events(job_id)))
+    cheaper_zone["zone"] = None
+    j = await h.wait_status(job_id, "RUNNING")
+    assert h.ctl.store.sync.get_job(job_id).current_attempt == old
+    assert j["placement"] == "local/local-a/local.cpu2/spot"
+    # It never tried the ranking's other zones instead.
+    assert {a["placement"] for a in j["attempt_list"]} <= {
+        "local/local-a/local.cpu2/spot", "local/local-c/local.cpu2/spot"}
+    assert old not in h.ctl.sessions.drain
