@@ -67,11 +67,11 @@ def _load(name: str) -> tuple[TraceSet, dict[str, float]]:
 
 
 def case_config(case: Case, factor: float, shift_hours: float = 0.0,
-                move_running_spot: bool = False) -> tuple[TraceSet, SimConfig]:
+                move_running_spot: bool = True) -> tuple[TraceSet, SimConfig]:
     """The case at deadline ``job x factor``; ``shift_hours`` moves every submit time later
     (another sample of starts from the same traces, to tell a systematic difference from
     the luck of where the starts fall); ``move_running_spot`` lets the default move a running
-    spot job to a cheaper zone (a controller change not made yet, docs/policy.md)."""
+    spot job to a cheaper zone, as the controller does (False: as it did before)."""
     traces, prices = _load(case.name)
     cfg = SimConfig(job_hours=case.job_hours, deadline_hours=round(case.job_hours * factor, 2),
                     restart_s=180, spot_price=0.97, ondemand_price=case.ondemand_price,

@@ -1,7 +1,7 @@
 """Replay benchmark: the default policy against every baseline and the omniscient bound.
 
     nice -n 19 .venv/bin/python bench/policy_replay.py [--cases 9zone,flicker] [--no-bound]
-        [--factors 1.08,1.25,1.5] [--full] [--shift-hours 0] [--move-running-spot]
+        [--factors 1.08,1.25,1.5] [--full] [--shift-hours 0] [--no-move-running-spot]
 
 Cases (``bench/policy_cases.py``): the real sets in /work/shared/traces (9 zones with equal
 and with regional spot prices, 4-node, 16-node) and seeded synthetic regimes
@@ -15,9 +15,10 @@ percentage over the bound (``!N`` = N missed deadlines), then the default agains
 baseline that missed no deadline (``vs best``; <= +1% passes). ``--full`` also prints the
 per-policy tables of ``skyjobs simulate``. ``--shift-hours H`` submits every job H hours
 later: another sample of starts from the same traces, to tell a systematic loss from the
-luck of where the starts fall (docs/policy.md, "Fourth pass"). ``--move-running-spot`` lets
-the default move a running spot job to a cheaper zone (``policy.move_decision``), which the
-controller does not do yet (docs/policy.md, "Fifth pass"). Nothing is tuned per case:
+luck of where the starts fall (docs/policy.md, "Fourth pass"). The default moves a running
+spot job to a cheaper zone when ``policy.move_decision`` says so, as the controller does;
+``--no-move-running-spot`` replays it without (docs/policy.md, "Fifth pass"). Nothing is
+tuned per case:
 every policy runs with the controller's defaults.
 """
 
@@ -61,9 +62,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (rows in parallel)")
     ap.add_argument("--shift-hours", type=float, default=0.0,
                     help="submit every job this much later (another sample of starts)")
-    ap.add_argument("--move-running-spot", action="store_true",
-                    help="the default moves a running spot job to a cheaper zone (not in the"
-                         " controller yet)")
+    ap.add_argument("--no-move-running-spot", dest="move_running_spot",
+                    action="store_false",
+                    help="replay the default without moves of running spot jobs to a "
+                         "cheaper zone (the controller before it made them)")
     args = ap.parse_args()
     wanted = [w for w in args.cases.split(",") if w]
     factors = [float(f) for f in args.factors.split(",")]

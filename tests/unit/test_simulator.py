@@ -241,14 +241,14 @@ def test_move_running_spot_returns_to_the_cheap_zone_once_it_is_back():
     def hook(event: str, ctx: policy.RankingContext, p: object, reason: str) -> None:
         events.append((event, p.zone))  # type: ignore[attr-defined]
 
-    stay = simulate_run(ts, cfg(spot_prices=prices), POLICIES["DEADLINE_AWARE"], 0.0)
-    moved = simulate_run(ts, cfg(spot_prices=prices, move_running_spot=True),
-                         POLICIES["DEADLINE_AWARE"], 0.0, hook)
+    stay = simulate_run(ts, cfg(spot_prices=prices, move_running_spot=False),
+                        POLICIES["DEADLINE_AWARE"], 0.0)
+    moved = simulate_run(ts, cfg(spot_prices=prices), POLICIES["DEADLINE_AWARE"], 0.0, hook)
     assert ("move", "us-east-1a") in events
     assert moved.zone_changes == 1 and not moved.missed
     assert moved.cost < stay.cost
-    # Off by default (the controller does not move running spot jobs yet), and only the
-    # default strategy moves.
+    # On by default (the controller moves running spot jobs too); off, it stays; and only
+    # the default strategy moves.
     assert stay.zone_changes == 0
     other = simulate_run(ts, cfg(spot_prices=prices, move_running_spot=True),
                          POLICIES["COST_AWARE"], 0.0)

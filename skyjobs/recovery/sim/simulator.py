@@ -69,9 +69,9 @@ class SimConfig:
     # ranked last for this long. 0 turns it off.
     zone_cooldown_s: float = 1800.0
     # DEADLINE_AWARE moves a running spot job to a cheaper spot zone when
-    # policy.move_decision says so. Off by default: the controller does not do it yet
-    # (docs/policy.md, "Fifth pass"); the bench shows what it would change.
-    move_running_spot: bool = False
+    # policy.move_decision says so, as the controller does (docs/policy.md, "Fifth pass");
+    # False replays the controller before it did.
+    move_running_spot: bool = True
     cloud: str = "aws"
     instance_type: str = "p3.2xlarge"
 
