@@ -140,11 +140,13 @@ class Reaper:
 
     async def _loop(self) -> None:
         while True:
+            # Cleared before the sweep, not after: a wake-up that comes while it runs (an
+            # attempt just ended, a failed release just scheduled) must not be lost.
+            self._wake.clear()
             await self.sweep()
             now = time.monotonic()
             waits = [s.next_at - now for s in self._backoff.values()]
             timeout = max(0.05, min([SCAN_INTERVAL, *waits]))
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -154,9 +156,12 @@ class Reaper:
         """One pass over every attempt that is due: end what a terminal job left running,
         then release."""
         now = time.monotonic()
+        # Only retries scheduled before the read can be judged by it: one scheduled while
+        # it ran (a direct release that failed) is for an attempt the read may not show yet.
+        scheduled = set(self._backoff)
         todo = await self.store.call(self.store.sync.attempts_to_release)
         known = {a.id for a in todo}
-        for gone in [i for i in self._backoff if i not in known]:
+        for gone in [i for i in scheduled if i not in known and i in self._backoff]:
             del self._backoff[gone]  # released by someone else meanwhile
         for attempt in todo:
             state = self._backoff.get(attempt.id)
