@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -26,7 +25,7 @@ import aiohttp
 
 from skyjobs import models as m
 from skyjobs import sdk
-from skyjobs.client import _state_dir, discover, error_text
+from skyjobs.client import endpoint, error_text
 from skyjobs.exceptions import ApiError, ControllerUnavailableError, api_error
 
 R = TypeVar("R")
@@ -37,13 +36,8 @@ class AsyncClient:
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
                  *, state_dir: Path | str | None = None, ca_file: str | None = None) -> None:
-        if url is None or token is None:
-            found_url, found_token = discover(_state_dir(state_dir), url)
-            url, token = url or found_url, token if token is not None else found_token
-        self.url = url.rstrip("/")
-        self.token = token
+        self.url, self.token, self.ca_file = endpoint(url, token, state_dir, ca_file)
         self.timeout = timeout
-        self.ca_file = ca_file or os.environ.get("SKYJOBS_CA_FILE") or None
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:

@@ -61,6 +61,16 @@ def discover(state_dir: Path | None = None, url: str | None = None) -> tuple[str
     return found
 
 
+def endpoint(url: str | None, token: str | None, state_dir: Path | str | None,
+             ca_file: str | None) -> tuple[str, str, str | None]:
+    """(url, token, CA file) a client talks to: what it was given, the rest found as the CLI
+    finds it (:func:`discover`); the sync and async clients share this."""
+    if url is None or token is None:
+        found_url, found_token = discover(_state_dir(state_dir), url)
+        url, token = url or found_url, token if token is not None else found_token
+    return url.rstrip("/"), token, ca_file or os.environ.get("SKYJOBS_CA_FILE") or None
+
+
 def _state_dir(state_dir: Path | str | None) -> Path:
     if state_dir is None:
         env = os.environ.get("SKYJOBS_STATE_DIR")
@@ -95,13 +105,8 @@ class Client:
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
                  *, state_dir: Path | str | None = None, ca_file: str | None = None) -> None:
-        if url is None or token is None:
-            found_url, found_token = discover(_state_dir(state_dir), url)
-            url, token = url or found_url, token if token is not None else found_token
-        self.url = url.rstrip("/")
-        self.token = token
+        self.url, self.token, self.ca_file = endpoint(url, token, state_dir, ca_file)
         self.timeout = timeout
-        self.ca_file = ca_file or os.environ.get("SKYJOBS_CA_FILE") or None
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
