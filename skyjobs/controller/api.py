@@ -393,15 +393,10 @@ async def cancel(request: web.Request) -> web.Response:
     else:
         targets = await _db(ctl, ctl.store.sync.live_job_ids)
     done, skipped = [], []
-    cancellable = frozenset(st.LIVE - {st.CANCELLING})
     for job_id in targets:
         try:
-            await _db(ctl, ctl.store.sync.transition, job_id, st.CANCELLING,
-                      "cancel requested", expect=cancellable)
+            await ctl.cancel(job_id, "cancel requested")
             done.append(job_id)
-            ctl.wake_webhooks()
-            ctl.runners.start(job_id)
-            ctl.runners.post(job_id, Message(MessageKind.CANCEL))
         except (NotFoundError, IllegalTransitionError) as err:
             skipped.append({"id": job_id, "why": str(err)})
     return web.json_response({"cancelled": done, "skipped": skipped})

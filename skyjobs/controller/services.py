@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from skyjobs.config import ControllerConfig
 from skyjobs.controller import store as st
 from skyjobs.controller.agent_dist import AgentDist
+from skyjobs.controller.messages import Message
 from skyjobs.controller.metrics import Metrics
 from skyjobs.controller.reaper import Reaper
 from skyjobs.controller.sessions import AgentSessions
@@ -29,7 +30,7 @@ from skyjobs.providers.bootstrap import MODULES_KEY
 from skyjobs.recovery.choice import choice_for
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.spec import TaskSpec
-from skyjobs.states import RecoveryCause
+from skyjobs.states import MessageKind, RecoveryCause
 
 if TYPE_CHECKING:
     from skyjobs.controller.runners import Runners
@@ -121,6 +122,16 @@ class Services:
     def wake_webhooks(self) -> None:
         """Called after a transition: deliver its webhooks now, not at the next poll."""
         self.webhooks.wake()
+
+    async def cancel(self, job_id: int, reason: str) -> None:
+        """Ask a live job to stop (the API's and the dashboard's cancel): CANCELLING in one
+        compare-and-set, then its runner (started if none is) tears it down. Raises
+        NotFoundError or IllegalTransitionError and changes nothing when it cannot."""
+        await self.store.call(self.store.sync.transition, job_id, st.CANCELLING, reason,
+                              expect=frozenset(st.LIVE - {st.CANCELLING}))
+        self.wake_webhooks()
+        self.runners.start(job_id)
+        self.runners.post(job_id, Message(MessageKind.CANCEL))
 
     async def render_metrics(self) -> tuple[bytes, str]:
         now = time.time()

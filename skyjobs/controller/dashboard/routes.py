@@ -18,9 +18,7 @@ from aiohttp import web
 from skyjobs.controller import store as st
 from skyjobs.controller.dashboard import data
 from skyjobs.controller.dashboard.auth import COOKIE, SESSION_TTL_S, Sessions
-from skyjobs.controller.messages import Message
 from skyjobs.exceptions import IllegalTransitionError, NotFoundError
-from skyjobs.states import MessageKind
 
 if TYPE_CHECKING:
     from skyjobs.controller.services import Services
@@ -337,21 +335,15 @@ async def job_logs(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.StreamResponse:
-    """The API's cancel (POST /api/v1/cancel) for one job: the same compare-and-set to
-    CANCELLING and the same wake-ups of its runner and the webhooks."""
+    """The API's cancel (POST /api/v1/cancel) for one job (``Services.cancel``)."""
     ctl = request.app[CTL]
     job_id = _job_id(request)
     try:
-        await ctl.store.call(ctl.store.sync.transition, job_id, st.CANCELLING,
-                             "cancel requested (dashboard)",
-                             expect=frozenset(st.LIVE - {st.CANCELLING}))
+        await ctl.cancel(job_id, "cancel requested (dashboard)")
     except IllegalTransitionError as err:
         return await _page(request, "error.html", {
             "title": "Not cancelled", "message": str(err),
             "back": f"/ui/jobs/{job_id}"}, status=409)
-    ctl.wake_webhooks()
-    ctl.runners.start(job_id)
-    ctl.runners.post(job_id, Message(MessageKind.CANCEL))
     log.info("job cancel requested from the dashboard", job_id=job_id)
     raise web.HTTPSeeOther(f"/ui/jobs/{job_id}")
 
