@@ -69,7 +69,10 @@ def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 def mutated_tasks(draw: hs.DrawFn) -> Any:
     doc = json.loads(json.dumps(draw(hs.sampled_from([VALID, VALID_SKYPILOT]))))
     for _ in range(draw(hs.integers(1, 4))):
-        path = draw(hs.sampled_from(_paths(doc)[1:]))
+        paths = _paths(doc)[1:]
+        if not paths:  # earlier mutations deleted every key: nothing left to mutate
+            break
+        path = draw(hs.sampled_from(paths))
         parent = doc
         for part in path[:-1]:
             parent = parent[part]
