@@ -7,9 +7,10 @@ terminates instances, idempotent per instance id. Each launched instance "boots"
 ``--boot-delay`` and runs a simulated node agent: one coroutine, not a process, speaking the
 real agent protocol (``skyjobs/node/agent.py``) to the controller over HTTP through one shared
 aiohttp connection pool: fetch the task, report ``ready``, hold a heartbeat until the go,
-report ``running``, then heartbeat at the interval the controller asks for and ship a log
-line every ``--log-every`` seconds. Requests the controller does not answer (a restart) are
-retried as the real agent retries them.
+report ``running``, then heartbeat at the interval the controller asks for and ship the
+job's log, which gains a line every ``--log-every`` seconds, once per that or the log
+interval the controller asks for, whichever is longer. Requests the controller does not
+answer (a restart) are retried as the real agent retries them.
 
 The driver (``bench/fleet.py``) plays the scenarios through ``/ctl/...``:
 
@@ -305,6 +306,7 @@ class Agent:
                      f"{env['SKYJOBS_ATTEMPT_ID']}")
         self.headers = {"Authorization": f"Bearer {env['SKYJOBS_AGENT_TOKEN']}"}
         self.interval = 5.0
+        self.log_interval = 1.0  # the controller's; a post carries what was written since
         self.shipped = 0
         self.lines = 0
 
@@ -358,6 +360,8 @@ class Agent:
         for key in ("heartbeat_interval", "interval"):
             if isinstance(reply.get(key), int | float) and reply[key] > 0:
                 self.interval = float(reply[key])
+        if isinstance(reply.get("log_interval"), int | float) and reply["log_interval"] > 0:
+            self.log_interval = float(reply["log_interval"])
         return reply
 
     async def ship_log(self) -> None:
@@ -376,6 +380,7 @@ class Agent:
         inst.phase = "task"
         task = await self._retrying("task", "GET", f"/task?rank={self.rank}")
         self.interval = float(task.get("heartbeat_interval", 5.0))
+        self.log_interval = float(task.get("log_interval", 1.0))
         await self.report({"kind": "phase", "phase": "ready"})
         inst.phase = "waiting_go"
         while True:
@@ -421,7 +426,9 @@ class Agent:
                     inst.exit_code = 143
             if now >= next_log:
                 await self.ship_log()
-                next_log = loop.time() + cloud.args.log_every
+                # The job writes a line every log_every; the agent ships what is new once
+                # per log_interval (the real agent's loop), so the slower of the two.
+                next_log = loop.time() + max(cloud.args.log_every, self.log_interval)
 
     async def _noticed(self, ran: bool) -> None:
         """The notice: report it at once (the job checkpoints meanwhile), then the job exits

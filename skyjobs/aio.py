@@ -197,6 +197,10 @@ class AsyncClient:
     async def test_webhook(self, name: str) -> m.WebhookTestReply:
         return await self._call(sdk.call_webhook_test(name))
 
+    async def gc(self, older_than_days: float | None = None,
+                 dry_run: bool = False) -> m.GcReply:
+        return await self._call(sdk.call_gc(older_than_days, dry_run))
+
 
 def _submission(task_or_path: sdk.TaskLike, name: str | None, env: Mapping[str, str] | None,
                 num_jobs: int) -> dict[str, Any]:

@@ -872,6 +872,23 @@ def webhooks_test(obj: Ctx, name: str) -> None:
     sys.exit(1)
 
 
+@main.command("gc")
+@click.option("--older-than", "older_than", type=click.FloatRange(0, 36500), default=None,
+              metavar="DAYS", help="Remove jobs that ended more than DAYS ago  [default: the "
+                                   "controller's retention_days, 30]")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@pass_ctx
+def gc_command(obj: Ctx, older_than: float | None, dry_run: bool) -> None:
+    """Run the retention sweep now (the controller also runs it hourly).
+
+    Removes jobs that ended long enough ago, with their attempts, events, webhook
+    deliveries, logs and workdir archives; cost totals in /metrics are kept."""
+    reply = obj.client().gc(older_than, dry_run)
+    verb = "would remove" if reply.dry_run else "removed"
+    parts = ", ".join(f"{n} {kind}" for kind, n in reply.removed.items() if n) or "nothing"
+    click.echo(f"older than {reply.older_than_days:g} days: {verb} {parts}")
+
+
 @main.command("db")
 @click.argument("table_name", metavar="TABLE", required=False)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100_000),

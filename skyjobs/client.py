@@ -301,6 +301,10 @@ class Client:
     def test_webhook(self, name: str) -> m.WebhookTestReply:
         return self._call(sdk.call_webhook_test(name))
 
+    def gc(self, older_than_days: float | None = None, dry_run: bool = False) -> m.GcReply:
+        """Run the retention sweep now (see docs/operations.md, Retention)."""
+        return self._call(sdk.call_gc(older_than_days, dry_run))
+
 
 def wait_until(what: str, check: Callable[[], Any], limit_s: float,
                interval: float = 0.25) -> Any:

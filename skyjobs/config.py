@@ -73,6 +73,15 @@ class ControllerConfig(BaseSettings):
     heartbeat_interval: float = Field(default=5.0, gt=0)
     heartbeat_timeout: float = Field(default=30.0, gt=0)
     silent_window: float = Field(default=300.0, gt=0)
+    # At most this many heartbeats (and log posts) per second from the whole fleet: past
+    # heartbeat_interval x this many agents, the controller lengthens the interval it sends
+    # in each heartbeat answer (and heartbeat_timeout with it). Notices and exits are
+    # reported at once whatever the interval.
+    max_heartbeat_rate: float = Field(default=200.0, gt=0)
+    max_log_post_rate: float = Field(default=200.0, gt=0)
+    # Ended jobs (their events, webhook deliveries, logs, workdir archives) are removed
+    # this long after they ended (`skyjobs gc` runs the sweep by hand); 0 keeps them.
+    retention_days: float = Field(default=30.0, ge=0)
     # How often the controller asks providers about all live instances (one batch call).
     instance_poll_interval: float = Field(default=10.0, gt=0)
     # An attempt whose agents have not all started running by then is given up.

@@ -312,6 +312,27 @@ class PreemptRequest(_Request):
         return v
 
 
+class GcRequest(_Request):
+    """``POST /api/v1/gc``: run the retention sweep now."""
+
+    older_than_days: Annotated[float | None, Field(ge=0, le=36500)] = Field(
+        default=None, description="Remove jobs that ended longer ago than this "
+                                  "(default: the controller's retention_days).")
+    dry_run: bool = Field(default=False, description="Count, remove nothing.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            days = data.get("older_than_days")
+            if days is not None and (not _is_number(days) or not 0 <= days <= 36500):
+                raise ValueError("older_than_days must be a number of days between 0 and "
+                                 "36500")
+            if not isinstance(data.get("dry_run", False), bool):
+                raise ValueError("dry_run must be true or false")
+        return data
+
+
 class CapacityRequest(_Request):
     """``POST /api/v1/local/capacity``: take a local zone's spot capacity away or back."""
 
@@ -767,6 +788,14 @@ class WebhookTestReply(_Reply):
     status: int | None = None
     error: str | None = None
     delivery: str
+
+
+class GcReply(_Reply):
+    """What the sweep removed (or, for a dry run, would remove), per kind."""
+
+    dry_run: bool
+    older_than_days: float
+    removed: dict[str, int]
 
 
 class AgentTask(_Reply):

@@ -93,6 +93,10 @@ OPERATIONS: tuple[Operation, ...] = (
               "Send a sample event to one configured webhook", "controller", USER_AUTH,
               body=m.WebhookTestRequest, replies={200: m.WebhookTestReply},
               errors=(400, 404)),
+    Operation("post", "/api/v1/gc", "gc",
+              "Run the retention sweep now: ended jobs past the retention time and what "
+              "they left behind", "controller", USER_AUTH, body=m.GcRequest,
+              replies={200: m.GcReply}, errors=(400,)),
     Operation("get", "/metrics", "metrics",
               "Prometheus metrics (without a token when metrics_public is set)", "controller",
               USER_AUTH, replies={200: "text/plain"}),

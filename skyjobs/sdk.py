@@ -385,6 +385,13 @@ def call_webhook_test(name: str) -> Call[m.WebhookTestReply]:
                 body={"name": name})
 
 
+def call_gc(older_than_days: float | None, dry_run: bool) -> Call[m.GcReply]:
+    body: dict[str, Any] = {"dry_run": dry_run}
+    if older_than_days is not None:
+        body["older_than_days"] = older_than_days
+    return Call("POST", "/api/v1/gc", m.GcReply.model_validate, body=body)
+
+
 def query_items(query: Mapping[str, Any] | None) -> dict[str, str]:
     """A query's given values as text (None and "" mean "not given")."""
     return {k: str(v) for k, v in (query or {}).items() if v is not None and v != ""}

@@ -31,6 +31,7 @@ from skyjobs.controller import store as st
 from skyjobs.controller import views
 from skyjobs.controller.messages import Message
 from skyjobs.controller.services import Services
+from skyjobs.controller.sessions import MAX_GO_WAIT
 from skyjobs.exceptions import (
     IllegalTransitionError,
     NotFoundError,
@@ -40,6 +41,7 @@ from skyjobs.exceptions import (
 )
 from skyjobs.fsutil import atomic_write
 from skyjobs.pipeline import task_source
+from skyjobs.providers import base
 from skyjobs.providers.base import BucketChecker, SimulatedMarket, ability
 from skyjobs.recovery.placement import match, require_candidates
 from skyjobs.spec import MAX_NAME_CHARS, MAX_NODES, TaskSpec, check_document, parse_task
@@ -222,13 +224,17 @@ async def submit(request: web.Request) -> web.Response:
     stored = [spec.stored() for spec in specs]  # exactly what the runner validates again
     for i, spec in enumerate(specs):
         await _check_buckets(ctl, spec, task_source(source, i, len(specs)))
-    entries = [{"spec": st_spec, "archive": await _save_archive(ctl, archive),
-                "local_mounts": list(spec.local_mounts())}
-               for spec, st_spec, archive in zip(specs, stored, encoded, strict=True)]
-    task = {**entries[0], "tasks": entries} if len(entries) > 1 else entries[0]
-    has_archive = any(e["archive"] for e in entries)
-    ids = await _db(ctl, ctl.store.sync.create_jobs, name, task, has_archive, "sky",
-                    num_jobs, len(entries))
+    saved: list[str] = []  # archives written but not in a job yet: retention keeps them
+    try:
+        entries = [{"spec": st_spec, "archive": await _save_archive(ctl, archive, saved),
+                    "local_mounts": list(spec.local_mounts())}
+                   for spec, st_spec, archive in zip(specs, stored, encoded, strict=True)]
+        task = {**entries[0], "tasks": entries} if len(entries) > 1 else entries[0]
+        has_archive = any(e["archive"] for e in entries)
+        ids = await _db(ctl, ctl.store.sync.create_jobs, name, task, has_archive, "sky",
+                        num_jobs, len(entries))
+    finally:
+        ctl.archives_in_flight.subtract(saved)
     ctl.wake_webhooks()
     for job_id in ids:
         ctl.runners.start(job_id)
@@ -279,7 +285,7 @@ async def _check_buckets(ctl: Services, spec: TaskSpec, source: str) -> None:
                 raise SpecError(f"{source}: file_mounts.{target}: {err}") from None
 
 
-async def _save_archive(ctl: Services, encoded: str | None) -> str | None:
+async def _save_archive(ctl: Services, encoded: str | None, saved: list[str]) -> str | None:
     if not encoded:
         return None
     try:
@@ -290,6 +296,8 @@ async def _save_archive(ctl: Services, encoded: str | None) -> str | None:
         raise BadRequest(f"workdir archive is larger than {MAX_ARCHIVE_BYTES >> 20} MiB")
     digest = hashlib.sha256(data).hexdigest()
     path = ctl.state_dir / "archives" / f"{digest}.tar.gz"
+    saved.append(digest)
+    ctl.archives_in_flight[digest] += 1
 
     def write() -> None:
         # Content-addressed and written before the job row exists: a crash in between
@@ -505,6 +513,18 @@ async def webhook_test(request: web.Request) -> web.Response:
     return web.json_response(await ctl.webhooks.send_test(name))
 
 
+async def gc(request: web.Request) -> web.Response:
+    ctl = request.app[CTL]
+    body = await _body(request, m.GcRequest)
+    days = ctl.config.retention_days if body.older_than_days is None else body.older_than_days
+    if days == 0 and body.older_than_days is None:
+        raise BadRequest("retention is off (retention_days: 0); say how old with "
+                         "older_than_days")
+    removed = await ctl.collect_garbage(days * 86400.0, body.dry_run)
+    return web.json_response({"dry_run": body.dry_run, "older_than_days": days,
+                              "removed": removed})
+
+
 # --- agent API -----------------------------------------------------------------------------
 
 def _attempt_id(request: web.Request) -> int:
@@ -513,9 +533,9 @@ def _attempt_id(request: web.Request) -> int:
 
 
 async def _attempt(request: web.Request) -> st.Attempt:
-    ctl = request.app[CTL]
-    attempt: st.Attempt = await _db(ctl, ctl.store.sync.get_attempt, _attempt_id(request))
-    return attempt
+    """The attempt an agent request names: its launch facts, kept in memory while it is
+    live (no store read per request); 404 for one the store does not know."""
+    return await request.app[CTL].sessions.attempt(_attempt_id(request))
 
 
 def _rank(value: Any, num_nodes: int) -> int:
@@ -540,11 +560,19 @@ async def agent_task(request: web.Request) -> web.Response:
     attempt = await _attempt(request)
     _rank(_query(request, m.AgentRankQuery).rank, attempt.num_nodes)
     job = await _db(ctl, ctl.store.sync.get_job, attempt.job_id)
-    provider = ctl.providers.get(attempt.cloud)
-    if provider is None:
-        raise NotFoundError(f"attempt {attempt.id} runs on {attempt.cloud}, not enabled here")
-    infos = await provider.status(attempt.instance_ids)
-    return web.json_response(views.agent_task(ctl, job, attempt, infos))
+    ips = ctl.sessions.ips_of(attempt.instance_ids)
+    if ips is None:
+        # Some node's address is not known yet: ask the cloud (once per address: an
+        # instance keeps it for life), as a just-booted node may be the first to know.
+        provider = ctl.providers.get(attempt.cloud)
+        if provider is None:
+            raise NotFoundError(f"attempt {attempt.id} runs on {attempt.cloud}, "
+                                "not enabled here")
+        infos = await provider.status(attempt.instance_ids)
+        ctl.sessions.note_ips(infos.values())
+        ips = [(infos.get(i) or base.InstanceInfo(i, base.PENDING)).ip or ""
+               for i in attempt.instance_ids]
+    return web.json_response(views.agent_task(ctl, job, attempt, ips))
 
 
 async def agent_archive(request: web.Request) -> web.StreamResponse:
@@ -568,18 +596,43 @@ async def agent_zipapp(request: web.Request) -> web.Response:
 
 
 async def agent_heartbeat(request: web.Request) -> web.Response:
-    ctl = request.app[CTL]
-    attempt_id = _attempt_id(request)
+    """Liveness, the go gate (a held heartbeat) and the drain flag; the answer also says
+    how often to heartbeat and ship logs, which grows with the fleet (sessions)."""
+    sessions = request.app[CTL].sessions
+    attempt = await _attempt(request)
+    rank_, wait = await _heartbeat_body(request)
+    rank_ = _rank(rank_, attempt.num_nodes)
+    if attempt.released:
+        # A straggler of an attempt whose instances are gone: nothing to track (its entry
+        # would never be dropped), and a held heartbeat is never granted.
+        await asyncio.sleep(min(wait, MAX_GO_WAIT))
+        return web.json_response({"go": False, "drain": True})
+    sessions.heard(attempt.id, rank_)
+    if wait > 0 and attempt.id not in sessions.go:
+        await sessions.wait_go(attempt.id, wait)
+    return web.json_response({"go": attempt.id in sessions.go,
+                              "drain": attempt.id in sessions.drain,
+                              "heartbeat_interval": sessions.heartbeat_interval(),
+                              "log_interval": sessions.log_interval()})
+
+
+async def _heartbeat_body(request: web.Request) -> tuple[int, float]:
+    """(rank, wait_go) of the two-field body every agent sends every few seconds. The
+    common shape is read without the general validation (a third of its cost: the
+    heartbeat route was the profile's second-largest item at 5,000 agents); anything else
+    goes through it, so refusals read the same."""
+    raw = await request.read()
+    try:
+        doc = json.loads(raw) if len(raw) < 200 else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and doc.keys() <= {"rank", "wait_go"}:
+        rank_, wait = doc.get("rank"), doc.get("wait_go", 0)
+        if type(rank_) is int and 0 <= rank_ < MAX_NODES and type(wait) in (int, float) \
+                and 0 <= wait <= 3600:
+            return rank_, float(min(wait, MAX_GO_WAIT))
     body = await _body(request, m.HeartbeatRequest)
-    # No store read per heartbeat: the rank is checked against the largest possible task.
-    rank_ = _rank(body.rank, MAX_NODES)
-    wait = body.wait_go or 0
-    sessions = ctl.sessions
-    sessions.heard(attempt_id, rank_)
-    if wait > 0 and attempt_id not in sessions.go:
-        await sessions.wait_go(attempt_id, wait)
-    return web.json_response({"go": attempt_id in sessions.go,
-                              "drain": attempt_id in sessions.drain})
+    return body.rank, body.wait_go or 0.0
 
 
 async def agent_event(request: web.Request) -> web.Response:
@@ -624,19 +677,8 @@ async def agent_logs(request: web.Request) -> web.Response:
     rank_, offset = _rank(q.rank, attempt.num_nodes), q.offset
     data = await request.read()
     path = views.log_path(ctl, attempt.job_id, attempt.n, rank_)
-    size = await asyncio.to_thread(_append_at, path, offset, data)
+    size = await ctl.logs.append(path, offset, data)
     return web.json_response({"size": size})
-
-
-def _append_at(path: Path, offset: int, data: bytes) -> int:
-    """Append the part of data past what we already have; replays are harmless."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as fh:
-        size = fh.tell()
-        if offset <= size < offset + len(data):
-            fh.write(data[size - offset:])
-            size = fh.tell()
-    return size
 
 
 def make_app(ctl: Services) -> web.Application:
@@ -657,6 +699,7 @@ def make_app(ctl: Services) -> web.Application:
         web.get("/api/v1/prices", prices),
         web.post("/api/v1/local/capacity", capacity),
         web.post("/api/v1/webhooks/test", webhook_test),
+        web.post("/api/v1/gc", gc),
         web.get("/metrics", metrics),
         web.get("/agent/v1/attempts/{attempt}/task", agent_task),
         web.get("/agent/v1/attempts/{attempt}/archive", agent_archive),

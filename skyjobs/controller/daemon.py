@@ -27,7 +27,7 @@ import structlog
 from aiohttp import web
 
 from skyjobs.config import ControllerConfig
-from skyjobs.controller import agent_dist, sdnotify
+from skyjobs.controller import agent_dist, retention, sdnotify
 from skyjobs.controller import store as st
 from skyjobs.controller.duties import Duties
 from skyjobs.controller.looplag import LoopLagMonitor
@@ -37,14 +37,14 @@ from skyjobs.controller.monitor import InstanceMonitor
 from skyjobs.controller.prices import PricePoller
 from skyjobs.controller.reaper import Reaper
 from skyjobs.controller.runners import Runners
-from skyjobs.controller.services import Services
+from skyjobs.controller.services import MEMORY_HORIZON, Services
 from skyjobs.controller.sessions import AgentSessions
 from skyjobs.controller.webhooks import WebhookDispatcher, store_hooks
 from skyjobs.exceptions import ConfigError
 from skyjobs.fsutil import atomic_write, private_dir, private_umask
 from skyjobs.pricing.catalog import Catalog
 from skyjobs.pricing.prices import PriceBook
-from skyjobs.providers.base import NeedsPreparation, Provider, ability
+from skyjobs.providers.base import KeepsInstanceState, NeedsPreparation, Provider, ability
 from skyjobs.providers.local import LocalProvider
 from skyjobs.providers.remote import RemoteProvider
 from skyjobs.recovery.memory import PreemptionMemory
@@ -56,7 +56,6 @@ ORPHAN_SWEEP_INTERVAL = 300.0
 # The store must answer a probe this often, or the systemd watchdog stops being fed.
 HEALTH_PROBE_INTERVAL = 5.0
 HEALTH_STALE_AFTER = 20.0
-MEMORY_HORIZON = 14 * 24 * 3600.0  # preemption evidence older than this has faded away
 SHUTDOWN_GRACE = 10.0  # the first signal's bound on waiting for runners and deliveries
 
 
@@ -156,7 +155,15 @@ class Controller:
         self._services = sv = self._wire(store, token, secret, f"sj{cid}", memory, prices, dist)
         # Before the jobs resume: re-attaching thousands of them is event-loop work too.
         self._watch(self.loop_lag.start())
+        self._watch(sv.logs.start())
         await self._serve_http(sv)
+        # The agents' requests need their attempts' launch facts: read them once here, not
+        # once per agent as thousands re-attach; and until each agent has heard this
+        # controller's interval, silence is judged by the one a fleet this size was sent.
+        live = await store.call(store.sync.unreleased_attempts)
+        for attempt in live:
+            sv.sessions.remember(attempt)
+        sv.sessions.assume_fleet(sum(a.num_nodes for a in live))
         for job_id in await store.call(store.sync.live_job_ids):
             sv.runners.start(job_id)  # re-attach to every unfinished job
         # The reaper finishes what a crash interrupted: attempts that ended in the store
@@ -188,7 +195,10 @@ class Controller:
 
         def released(attempt: st.Attempt) -> None:
             # The instances are confirmed gone: a replacement waiting at the go gate may start.
-            sessions.forget(attempt.id)
+            sessions.forget(attempt.id, attempt.instance_ids)
+            keeper = ability(self.providers.get(attempt.cloud), KeepsInstanceState)
+            if keeper is not None:
+                keeper.forget(attempt.instance_ids)
             runners.post(attempt.job_id, Message(MessageKind.WAKE))
 
         reaper = Reaper(store, self.providers, on_released=released,
@@ -200,6 +210,9 @@ class Controller:
                       agent_dist=dist)
         holder.append(sv)
         runners.attach(sv)
+        self.metrics.watch_sizes(lambda: {
+            **sessions.sizes(), "runners": len(runners), "reaper_retries": reaper.pending,
+            "archives_in_flight": len(+sv.archives_in_flight)})
         return sv
 
     async def _serve_http(self, sv: Services) -> None:
@@ -225,6 +238,10 @@ class Controller:
         duties.add("poll_instances", monitor.poll, self.config.instance_poll_interval)
         duties.add("sweep_orphans", monitor.sweep_orphans, ORPHAN_SWEEP_INTERVAL, now=True)
         duties.add("poll_prices", poller.poll, self.config.price_poll_interval, now=True)
+        if self.config.retention_days > 0:
+            async def collect() -> None:
+                await sv.collect_garbage()
+            duties.add("retention", collect, retention.SWEEP_INTERVAL, now=True)
         duties.start()
 
     def _ssl_context(self) -> ssl.SSLContext | None:

@@ -9,7 +9,7 @@ store, so they can never drift from it; counters and histograms are fed as thing
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -49,6 +49,7 @@ class Metrics:
     def __init__(self, hooks: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._sizes: Callable[[], dict[str, int]] | None = None
         self.jobs = Gauge("skyjobs_jobs", "Jobs by state.", ["state"], registry=r)
         self.recoveries = Counter("skyjobs_recoveries_total", "Recoveries started, by cause.",
                                   ["cause"], registry=r)
@@ -123,6 +124,14 @@ class Metrics:
     def recovery(self, cause: str) -> None:
         self.recoveries.labels(cause=cause if cause in RECOVERY_CAUSES else "other").inc()
 
+    def watch_sizes(self, sizes: Callable[[], dict[str, int]]) -> None:
+        """Export the entries of the controller's in-memory maps (read at scrape time): each
+        is bounded by live work and must return to its baseline when the jobs have ended."""
+        self._sizes = sizes
+        self.memory_entries = Gauge("skyjobs_memory_entries",
+                                    "Entries in the controller's in-memory maps, by map.",
+                                    ["map"], registry=self.registry)
+
     def release_failure(self) -> None:
         self.release_failures.inc()
 
@@ -155,6 +164,9 @@ class Metrics:
     def render(self, job_counts: dict[str, int], webhook_backlog: int, cost: float,
                savings: float) -> tuple[bytes, str]:
         """The exposition body and its content type, with store-backed gauges set first."""
+        if self._sizes is not None:
+            for name, n in self._sizes().items():
+                self.memory_entries.labels(map=name).set(n)
         # Every known state gets a sample, so a state that empties drops to 0 instead of
         # keeping its last value.
         for state in sorted(ALL_STATES | set(job_counts)):

@@ -8,6 +8,8 @@ orphan sweep terminates instances this controller launched that no attempt owns.
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from skyjobs.controller import store as st
@@ -20,6 +22,8 @@ from skyjobs.states import AttemptStatus, MessageKind
 
 log = structlog.get_logger("skyjobs.monitor")
 
+YIELD_EVERY = 256
+
 
 class InstanceMonitor:
     def __init__(self, services: Services) -> None:
@@ -27,9 +31,13 @@ class InstanceMonitor:
 
     async def poll(self) -> None:
         sv = self.sv
-        attempts = [a for a in await sv.store.call(sv.store.sync.unreleased_attempts)
-                    if a.status in (AttemptStatus.PROVISIONING, AttemptStatus.RUNNING)
-                    and a.job_id in sv.runners]
+        # Statuses from the store, launch facts from memory: a round decodes no rows but
+        # those of attempts launched by an earlier controller (once).
+        states = {i: AttemptStatus(s)
+                  for i, s in await sv.store.call(sv.store.sync.live_attempt_states)
+                  if s in (AttemptStatus.PROVISIONING, AttemptStatus.RUNNING)}
+        attempts = [a for a in await sv.sessions.attempts(list(states))
+                    if a.job_id in sv.runners]
         by_cloud: dict[str, list[str]] = {}
         for a in attempts:
             by_cloud.setdefault(a.cloud, []).extend(a.instance_ids)
@@ -39,12 +47,15 @@ class InstanceMonitor:
                 infos.update(await sv.providers[cloud].status(ids))
             except ProviderError as err:
                 log.warning("instance poll failed", cloud=cloud, error=str(err))
-        for a in attempts:
+        sv.sessions.note_ips(infos.values())
+        for k, a in enumerate(attempts):
+            if k % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # thousands of attempts: let requests in between
             gone = [infos[i] for i in a.instance_ids if i in infos
                     and infos[i].state in base.ENDING and not self._too_new(a, infos[i])]
             if gone:
                 sv.runners.post(a.job_id, Message(MessageKind.GONE, a.id, detail=gone[0]))
-            elif (a.status == AttemptStatus.RUNNING or sv.sessions.heard_any(a.id)) and all(
+            elif (states[a.id] == AttemptStatus.RUNNING or sv.sessions.heard_any(a.id)) and all(
                     i in infos for i in a.instance_ids):
                 await sv.sessions.check_silence(a)
 

@@ -253,9 +253,10 @@ class JobRunner:
         """Launch (or find) the attempt's instances; False when it had to be given up."""
         provider = self.sv.providers[attempt.cloud]
         placement = self.sv.placement_of(attempt)
+        spec = self._spec(job) if attempt.task_index == job.task_index else None
         try:
             async with self.sv.launch_slots:
-                infos = await provider.launch(self.sv.launch_request(job, attempt))
+                infos = await provider.launch(self.sv.launch_request(job, attempt, spec))
         except CapacityError as err:
             self.tried.add(self._key(placement))
             await self._give_up_attempt(job, attempt, EndReason.NO_CAPACITY,
@@ -282,6 +283,8 @@ class JobRunner:
                 f"launch found instance {dead[0].instance_id} already gone ({dead[0].reason})")
             return False
         self.sv.sessions.launched(attempt.id)
+        self.sv.sessions.remember(attempt)
+        self.sv.sessions.note_ips(infos)
         await self._db(self.s.set_attempt_status, attempt.id, AttemptStatus.PROVISIONING,
                        zone_events=[self._remember(placement, "launch_ok")])
         return True
@@ -351,7 +354,8 @@ class JobRunner:
             cfg = self.sv.config
             deadline = attempt.created_at + cfg.provision_timeout
             if attempt.created_at < self.sv.started_at:
-                deadline = max(deadline, self.sv.started_at + 2 * cfg.heartbeat_timeout)
+                deadline = max(deadline, self.sv.started_at
+                               + 2 * self.sv.sessions.heartbeat_timeout)
             remaining = deadline - time.time()
             if remaining <= 0:
                 await self._provision_timed_out(snap, attempt)

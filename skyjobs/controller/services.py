@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,8 +16,10 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from skyjobs.config import ControllerConfig
+from skyjobs.controller import retention
 from skyjobs.controller import store as st
 from skyjobs.controller.agent_dist import AgentDist
+from skyjobs.controller.logwriter import LogWriter
 from skyjobs.controller.messages import Message
 from skyjobs.controller.metrics import Metrics
 from skyjobs.controller.reaper import Reaper
@@ -31,6 +34,8 @@ from skyjobs.recovery.choice import choice_for
 from skyjobs.recovery.memory import PreemptionMemory
 from skyjobs.spec import TaskSpec
 from skyjobs.states import MessageKind, RecoveryCause
+
+MEMORY_HORIZON = 14 * 24 * 3600.0  # preemption evidence older than this has faded away
 
 if TYPE_CHECKING:
     from skyjobs.controller.runners import Runners
@@ -55,6 +60,10 @@ class Services:
     # nodes download it and check it against the sha256 their launch carries.
     agent_dist: AgentDist
     url: str = ""  # where this controller serves (set once the HTTP site is up)
+    logs: LogWriter = field(default_factory=LogWriter)  # agents' log posts, in batches
+    # Workdir archives a submit has written and not yet recorded in its job (retention
+    # must not remove them in between).
+    archives_in_flight: Counter[str] = field(default_factory=Counter)
     started_at: float = field(default_factory=time.time)
     launch_slots: asyncio.Semaphore = field(init=False)  # max_concurrent_launches
     _offerings: dict[tuple[str, str, str], Offering] = field(init=False)
@@ -79,14 +88,17 @@ class Services:
             a.price_per_hour if a.use_spot else None, "", "attempt record")
         return Placement(offering, a.use_spot, a.price_per_hour)
 
-    def launch_request(self, job: st.Job, attempt: st.Attempt) -> LaunchRequest:
+    def launch_request(self, job: st.Job, attempt: st.Attempt,
+                       spec: TaskSpec | None = None) -> LaunchRequest:
         """What the provider starts the attempt's nodes with: where (the attempt's
         placement), the agents' environments, our tags, and what the task's alternative
         that admits the placement asks for (image, boot disk, ports, labels)."""
         url = self.config.advertise_url or self.url
         placement = self.placement_of(attempt)
         try:
-            spec = TaskSpec.model_validate(job.task_entry(attempt.task_index)["spec"])
+            # The runner passes the spec it validated already (once per task, not per launch).
+            if spec is None:
+                spec = TaskSpec.model_validate(job.task_entry(attempt.task_index)["spec"])
         except (KeyError, TypeError, ValidationError) as err:
             # Stored specs were validated at submit; one that no longer reads cannot say
             # what to launch with, and a retry will not change that.
@@ -132,6 +144,16 @@ class Services:
         self.wake_webhooks()
         self.runners.start(job_id)
         self.runners.post(job_id, Message(MessageKind.CANCEL))
+
+    async def collect_garbage(self, older_than_s: float | None = None,
+                              dry_run: bool = False) -> dict[str, int]:
+        """The retention sweep (the hourly duty, ``POST /api/v1/gc``): ended jobs older
+        than retention_days (or ``older_than_s``) and what they left behind."""
+        older = self.config.retention_days * retention.DAY if older_than_s is None \
+            else older_than_s
+        return await retention.sweep(
+            self.store, self.state_dir, older, keep_zone_events_s=MEMORY_HORIZON,
+            in_flight=+self.archives_in_flight, dry_run=dry_run)
 
     async def render_metrics(self) -> tuple[bytes, str]:
         now = time.time()

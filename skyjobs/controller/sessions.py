@@ -6,6 +6,12 @@ monotonic clock (a wall-clock step must not recover every job), silence and its 
 events, and the preemption notice, recorded the moment an agent reports it. None of this
 needs to survive a restart: agents heartbeat again within seconds, and everything that
 matters is in the store.
+
+At scale (issue 11) the agents' requests are most of the controller's work, so what they
+need is kept here rather than read from the store per request: each live attempt's launch
+facts and its nodes' addresses. The heartbeat interval (and the log shipping interval)
+grows with the fleet so that the request rate stays bounded; the silence timeout grows
+with it. Everything keyed by attempt is dropped when the attempt's instances are released.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -56,9 +63,99 @@ class AgentSessions:
         # Ranks heard per attempt: heard_any and forget look up one attempt, not every agent
         # (the monitor asks about each provisioning attempt on every poll).
         self._ranks: dict[int, set[int]] = {}
+        self._agents = 0  # agents heard, over every attempt (the sum of _ranks' sizes)
         self.silent_since: dict[int, float] = {}
         self._launched_at: dict[int, float] = {}
         self.started_mono = time.monotonic()
+        # Launch-time facts of unreleased attempts (see attempt()), and node addresses.
+        self._attempts: dict[int, st.Attempt] = {}
+        self._ips: dict[str, str] = {}
+        # The longest heartbeat interval sent lately, and since when: agents keep an
+        # interval until their next heartbeat, so silence is judged by the longest recent one.
+        self._interval_high = config.heartbeat_interval
+        self._interval_high_at = self.started_mono
+        # Notices waiting for the next batch, and the task writing batches.
+        self._notices: list[tuple[st.Notice, asyncio.Future[bool]]] = []
+        self._notice_writer: asyncio.Task[None] | None = None
+
+    # --- launch facts, without a store read per agent request -------------------------------
+
+    async def attempt(self, attempt_id: int) -> st.Attempt:
+        """The attempt an agent request names. Only its launch-time facts may be used (job,
+        n, placement, nodes, instance ids, task index): a cached record's status, end and
+        notice fields are those of when it was read. Raises NotFoundError."""
+        known = self._attempts.get(attempt_id)
+        if known is not None:
+            return known
+        attempt = await self.store.call(self.store.sync.get_attempt, attempt_id)
+        self.remember(attempt)
+        return attempt
+
+    async def attempts(self, attempt_ids: list[int]) -> list[st.Attempt]:
+        """Launch facts of many attempts (same caveat as attempt()), one store read for
+        those not in memory; unknown ids are left out."""
+        missing = [i for i in attempt_ids if i not in self._attempts]
+        if missing:
+            for attempt in await self.store.call(self.store.sync.attempts_by_id, missing):
+                self.remember(attempt)
+        return [self._attempts[i] for i in attempt_ids if i in self._attempts]
+
+    def remember(self, attempt: st.Attempt) -> None:
+        """Keep an attempt's launch facts until its instances are released."""
+        if not attempt.released:
+            self._attempts[attempt.id] = attempt
+
+    def note_ips(self, infos: Iterable[Any]) -> None:
+        """Addresses the cloud reported (at launch or in a poll); an instance keeps its
+        address for life, so they are asked for once."""
+        for info in infos:
+            if info.ip:
+                self._ips[info.instance_id] = info.ip
+
+    def ips_of(self, instance_ids: list[str]) -> list[str] | None:
+        """Every node's address, or None while any is unknown."""
+        ips = [self._ips.get(i) for i in instance_ids]
+        return None if None in ips else [ip for ip in ips if ip is not None]
+
+    # --- how often agents report -----------------------------------------------------------
+
+    @property
+    def agents(self) -> int:
+        return self._agents
+
+    def heartbeat_interval(self) -> float:
+        """The interval each heartbeat answer asks for: the configured one, lengthened (in
+        whole seconds) so the fleet sends at most max_heartbeat_rate heartbeats a second."""
+        cfg = self.config
+        interval = max(cfg.heartbeat_interval, float(math.ceil(self._agents /
+                                                               cfg.max_heartbeat_rate)))
+        now = time.monotonic()
+        if interval >= self._interval_high or \
+                now - self._interval_high_at > self._timeout_for(self._interval_high):
+            self._interval_high, self._interval_high_at = interval, now
+        return interval
+
+    def assume_fleet(self, agents: int) -> None:
+        """After a restart: agents still use the interval the last controller sent them
+        (for a fleet of about this size) until their next heartbeat."""
+        cfg = self.config
+        self._interval_high = max(cfg.heartbeat_interval,
+                                  float(math.ceil(agents / cfg.max_heartbeat_rate)))
+        self._interval_high_at = time.monotonic()
+
+    def log_interval(self) -> float:
+        """Seconds between an agent's log posts: 1, or longer past max_log_post_rate."""
+        return max(1.0, float(math.ceil(self._agents / self.config.max_log_post_rate)))
+
+    def _timeout_for(self, interval: float) -> float:
+        cfg = self.config
+        return cfg.heartbeat_timeout * max(1.0, interval / cfg.heartbeat_interval)
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        """Silence past this is suspect: heartbeat_timeout, scaled by the longest interval
+        agents may still be using over the configured one."""
+        return self._timeout_for(self._interval_high)
 
     # --- credentials -----------------------------------------------------------------------
 
@@ -95,7 +192,10 @@ class AgentSessions:
     def heard(self, attempt_id: int, rank: int) -> None:
         """An agent of this attempt spoke (any request): it is alive."""
         self.last_seen[(attempt_id, rank)] = time.monotonic()
-        self._ranks.setdefault(attempt_id, set()).add(rank)
+        ranks = self._ranks.setdefault(attempt_id, set())
+        if rank not in ranks:
+            ranks.add(rank)
+            self._agents += 1
 
     def heard_any(self, attempt_id: int) -> bool:
         return attempt_id in self._ranks
@@ -109,8 +209,11 @@ class AgentSessions:
         attempt an earlier controller launched)."""
         return time.monotonic() - self._launched_at.get(attempt_id, self.started_mono)
 
-    def forget(self, attempt_id: int) -> None:
+    def forget(self, attempt_id: int, instance_ids: Iterable[str] = ()) -> None:
         """Drop what is known of an attempt whose instances are gone."""
+        known = self._attempts.pop(attempt_id, None)
+        for i in {*instance_ids, *(known.instance_ids if known else ())}:
+            self._ips.pop(i, None)
         self.go.discard(attempt_id)
         self.drain.discard(attempt_id)
         waiter = self._go_waiters.pop(attempt_id, None)
@@ -118,8 +221,18 @@ class AgentSessions:
             waiter.set()  # answer a held heartbeat of an attempt that is over
         self.silent_since.pop(attempt_id, None)
         self._launched_at.pop(attempt_id, None)
-        for rank in self._ranks.pop(attempt_id, ()):
+        ranks = self._ranks.pop(attempt_id, set())
+        self._agents -= len(ranks)
+        for rank in ranks:
             self.last_seen.pop((attempt_id, rank), None)
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each map holds (the retention test's and /metrics' view)."""
+        return {"attempts": len(self._attempts), "ips": len(self._ips),
+                "last_seen": len(self.last_seen), "ranks": len(self._ranks),
+                "go": len(self.go), "drain": len(self.drain),
+                "go_waiters": len(self._go_waiters), "silent": len(self.silent_since),
+                "launched": len(self._launched_at)}
 
     def _last_heard(self, a: st.Attempt, ranks: Iterable[int], now: float) -> float:
         # A node not heard yet is measured from its launch (or from this controller's start
@@ -132,7 +245,7 @@ class AgentSessions:
         and its end are recorded as events (and counted), so a person can see an agent
         that went quiet before anything is recovered; past silent_window, the runner is
         told."""
-        now, timeout = time.monotonic(), self.config.heartbeat_timeout
+        now, timeout = time.monotonic(), self.heartbeat_timeout
         # Heartbeats are in memory: the store is asked only about an attempt that went quiet
         # (its nodes that exited are allowed to be quiet).
         if now - self._last_heard(a, range(a.num_nodes), now) < timeout:
@@ -182,9 +295,8 @@ class AgentSessions:
             action = "terminate"
         info = f"preemption notice on node {rank}: {action} in {max(0.0, deadline - now):.0f}s"
         placement = self._placement_of(attempt)
-        moved = await self.store.call(self.store.sync.notice_and_recover, attempt.job_id,
-                                      attempt.id, now, deadline, info,
-                                      (placement, "preemption", 1.0))
+        moved = await self._record((attempt.job_id, attempt.id, now, deadline, info,
+                                    (placement, "preemption", 1.0)))
         if moved:
             self.memory.record(memory_key(placement), "preemption", now)
             self.metrics.recovery(RecoveryCause.NOTICE)
@@ -194,6 +306,40 @@ class AgentSessions:
                 # a little between hosts; NTP keeps that well under the latencies of interest).
                 self.metrics.notice_latency(time.time() - seen_at)
         self._post(attempt.job_id, Message(MessageKind.NOTICE, attempt.id, rank))
+
+
+    async def _record(self, notice: st.Notice) -> bool:
+        """Record one notice in the next batch: the notices that arrive while a batch is
+        being written go in one transaction together (a zone reclaimed at once is a
+        thousand notices in a second), each still all-or-nothing on its own."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._notices.append((notice, fut))
+        if self._notice_writer is None or self._notice_writer.done():
+            self._notice_writer = asyncio.create_task(self._write_notices(),
+                                                      name="notice-writer")
+        return await fut
+
+    async def _write_notices(self) -> None:
+        while self._notices:
+            batch, self._notices = self._notices, []
+            try:
+                results = await self.store.call(self.store.sync.notices_and_recover,
+                                                [n for n, _ in batch])
+            except BaseException as err:  # the store failed: every waiter hears it
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err if isinstance(err, Exception)
+                                          else RuntimeError("notice batch cancelled"))
+                if not isinstance(err, Exception):
+                    raise
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
 
 
 def notice_deadline(notice: Any, now: float) -> float:

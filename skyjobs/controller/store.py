@@ -13,7 +13,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import sqlite_utils
 
 from skyjobs.controller import payloads
-from skyjobs.exceptions import IllegalTransitionError, NotFoundError
+from skyjobs.exceptions import IllegalTransitionError, NotFoundError, SkyjobsError
 from skyjobs.pricing.catalog import Placement
 from skyjobs.states import (
     ALL_STATES,
@@ -196,6 +196,11 @@ MIGRATIONS: list[str] = [
         GROUP BY cloud, zone, instance_type, use_spot;
     CREATE INDEX attempts_status ON attempts(status);
     """,
+    # The retention sweep finds ended jobs by when they ended, and their webhook rows.
+    """
+    CREATE INDEX jobs_ended ON jobs(ended_at);
+    CREATE INDEX outbox_job ON outbox(job_id);
+    """,
 ]
 
 
@@ -295,6 +300,21 @@ class Snapshot:
 
 
 ZoneEvent = tuple[Placement, str, float]  # (placement, kind, value) for preemption memory
+# notice_and_recover's arguments: (job_id, attempt_id, at, deadline, info, zone_event)
+Notice = tuple[int, int, float, float, str, ZoneEvent]
+
+
+@dataclass(frozen=True)
+class GcBatch:
+    job_ids: list[int]
+    archives: set[str]  # digests the removed jobs referenced
+    counts: dict[str, int]  # rows removed per table
+
+
+def _archives(task: dict[str, Any]) -> list[str]:
+    """The archive digests a stored task references (one per pipeline task)."""
+    entries = task.get("tasks") or [task]
+    return [e["archive"] for e in entries if isinstance(e, dict) and e.get("archive")]
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -685,25 +705,45 @@ class SyncStore:
         move the job to RECOVERING in the same transaction, so the controller acts the
         moment it hears. Returns True when the job moved."""
         with self._tx() as c:
-            self._attempt_row(c, job_id, attempt_id)
-            cur = c.execute("UPDATE attempts SET notice_at=?, notice_deadline=? WHERE id=?"
-                            " AND notice_at IS NULL", (at, deadline, attempt_id))
-            if cur.rowcount == 0:
-                return False
-            n = c.execute("SELECT n FROM attempts WHERE id=?", (attempt_id,)).fetchone()[0]
-            self._event(c, job_id, "info", None, None, info, attempt=n, now=at)
-            job = c.execute("SELECT status, current_attempt, recovery_count FROM jobs"
-                            " WHERE id=?", (job_id,)).fetchone()
-            if job["current_attempt"] != attempt_id or job["status"] not in (RUNNING,
-                                                                             PROVISIONING):
-                return False
-            self._zone_event(c, *zone_event, now=at)
-            previous = self._cas(c, job_id, RECOVERING, None,
-                                 {"recovery_count": job["recovery_count"] + 1,
-                                  "reason": "preemption notice"}, at)
-            self._event(c, job_id, "transition", previous, RECOVERING, "preemption notice",
-                        attempt=n, now=at)
-            return True
+            return self._notice(c, job_id, attempt_id, at, deadline, info, zone_event)
+
+    def notices_and_recover(self, notices: list[Notice]) -> list[bool | SkyjobsError]:
+        """Many notices (a zone reclaimed at once) in one transaction, each as
+        notice_and_recover would record it; one that fails (an unknown attempt) is rolled
+        back alone and its error returned in its place."""
+        out: list[bool | SkyjobsError] = []
+        with self._tx() as c:
+            for notice in notices:
+                c.execute("SAVEPOINT notice")
+                try:
+                    out.append(self._notice(c, *notice))
+                except SkyjobsError as err:
+                    c.execute("ROLLBACK TO notice")
+                    out.append(err)
+                c.execute("RELEASE notice")
+        return out
+
+    def _notice(self, c: sqlite3.Connection, job_id: int, attempt_id: int, at: float,
+                deadline: float, info: str, zone_event: ZoneEvent) -> bool:
+        self._attempt_row(c, job_id, attempt_id)
+        cur = c.execute("UPDATE attempts SET notice_at=?, notice_deadline=? WHERE id=?"
+                        " AND notice_at IS NULL", (at, deadline, attempt_id))
+        if cur.rowcount == 0:
+            return False
+        n = c.execute("SELECT n FROM attempts WHERE id=?", (attempt_id,)).fetchone()[0]
+        self._event(c, job_id, "info", None, None, info, attempt=n, now=at)
+        job = c.execute("SELECT status, current_attempt, recovery_count FROM jobs"
+                        " WHERE id=?", (job_id,)).fetchone()
+        if job["current_attempt"] != attempt_id or job["status"] not in (RUNNING,
+                                                                         PROVISIONING):
+            return False
+        self._zone_event(c, *zone_event, now=at)
+        previous = self._cas(c, job_id, RECOVERING, None,
+                             {"recovery_count": job["recovery_count"] + 1,
+                              "reason": "preemption notice"}, at)
+        self._event(c, job_id, "transition", previous, RECOVERING, "preemption notice",
+                    attempt=n, now=at)
+        return True
 
     def begin_migration(self, job_id: int, attempt_id: int, reason: str) -> None:
         """Leave a running attempt for a better placement: RUNNING -> RECOVERING while the
@@ -796,6 +836,77 @@ class SyncStore:
     def unreleased_attempts(self) -> list[Attempt]:
         rows = self.conn.execute("SELECT * FROM attempts WHERE released=0 ORDER BY id").fetchall()
         return [_attempt(r) for r in rows]
+
+    # --- retention ---------------------------------------------------------------------------
+
+    def gc_jobs(self, ended_before: float, limit: int, dry_run: bool = False) -> GcBatch:
+        """Remove up to ``limit`` jobs that ended before ``ended_before`` and whose instances
+        are all released, with their attempts, nodes, events and webhook deliveries (one
+        transaction). Returns their ids and the workdir archives they referenced (files the
+        caller removes once nothing else references them). Usage totals are kept: a
+        removed job's cost stays in the metrics."""
+        marks = ",".join("?" * len(TERMINAL))
+        with self._tx() as c:
+            rows = c.execute(
+                f"SELECT id, task_json, has_archive FROM jobs WHERE status IN ({marks}) AND"
+                " ended_at < ? AND NOT EXISTS (SELECT 1 FROM attempts a WHERE"
+                " a.job_id = jobs.id AND a.released = 0) ORDER BY id LIMIT ?",
+                (*TERMINAL, ended_before, limit)).fetchall()
+            ids = [r["id"] for r in rows]
+            digests = {d for r in rows if r["has_archive"]
+                       for d in _archives(json.loads(r["task_json"]))}
+            counts = dict.fromkeys(("jobs", "attempts", "nodes", "events", "outbox"), 0)
+            if not ids or dry_run:
+                counts["jobs"] = len(ids)
+                return GcBatch(ids, digests, counts)
+            q = ",".join("?" * len(ids))
+            attempts = f"SELECT id FROM attempts WHERE job_id IN ({q})"
+            for table, where in (("outbox", f"job_id IN ({q})"),
+                                 ("events", f"job_id IN ({q})"),
+                                 ("nodes", f"attempt_id IN ({attempts})"),
+                                 ("attempts", f"job_id IN ({q})"),
+                                 ("jobs", f"id IN ({q})")):
+                counts[table] = c.execute(f"DELETE FROM {table} WHERE {where}", ids).rowcount
+        return GcBatch(ids, digests, counts)
+
+    def gc_history(self, delivered_before: float, zone_events_before: float,
+                   dry_run: bool = False) -> dict[str, int]:
+        """Delivered webhook rows of jobs still kept, and zone events older than the
+        preemption memory reads (its evidence has faded)."""
+        with self._tx() as c:
+            if dry_run:
+                return {
+                    "outbox": c.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at < ?",
+                                        (delivered_before,)).fetchone()[0],
+                    "zone_events": c.execute("SELECT COUNT(*) FROM zone_events WHERE at < ?",
+                                             (zone_events_before,)).fetchone()[0]}
+            return {
+                "outbox": c.execute("DELETE FROM outbox WHERE delivered_at < ?",
+                                    (delivered_before,)).rowcount,
+                "zone_events": c.execute("DELETE FROM zone_events WHERE at < ?",
+                                         (zone_events_before,)).rowcount}
+
+    def archives_in_use(self, except_jobs: Collection[int] = ()) -> set[str]:
+        """Every workdir archive a job references, but for ``except_jobs`` (a scan of jobs
+        with archives: the retention sweep's, run rarely and on the store's thread)."""
+        skip = set(except_jobs)
+        return {d for job_id, task_json in self.conn.execute(
+            "SELECT id, task_json FROM jobs WHERE has_archive=1") if job_id not in skip
+            for d in _archives(json.loads(task_json))}
+
+    def live_attempt_states(self) -> list[tuple[int, str]]:
+        """(id, status) of every unreleased attempt: the instance poll's one read per round,
+        without decoding rows whose launch facts the caller keeps in memory."""
+        return [(r[0], r[1]) for r in self.conn.execute(
+            "SELECT id, status FROM attempts WHERE released=0 ORDER BY id")]
+
+    def attempts_by_id(self, attempt_ids: list[int]) -> list[Attempt]:
+        out: list[Attempt] = []
+        for chunk in range(0, len(attempt_ids), 500):
+            ids = attempt_ids[chunk:chunk + 500]
+            out.extend(_attempt(r) for r in self.conn.execute(
+                f"SELECT * FROM attempts WHERE id IN ({','.join('?' * len(ids))})", ids))
+        return out
 
     def attempts_to_release(self) -> list[Attempt]:
         """Attempts whose instances must go: ended ones not yet released, and every

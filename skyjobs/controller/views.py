@@ -103,7 +103,9 @@ def price_row(o: Offering, quote: Quote) -> dict[str, Any]:
 
 
 def agent_task(ctl: Services, job: st.Job, attempt: st.Attempt,
-               infos: dict[str, base.InstanceInfo]) -> dict[str, Any]:
+               node_ips: list[str]) -> dict[str, Any]:
+    """What an agent runs: the task, its node's peers' addresses ("" while unknown) and
+    the intervals it starts with (heartbeat answers may lengthen them at scale)."""
     entry = job.task_entry(attempt.task_index)
     spec = entry["spec"]
     offering = ctl.offering_of(attempt.cloud, attempt.zone, attempt.instance_type)
@@ -115,15 +117,15 @@ def agent_task(ctl: Services, job: st.Job, attempt: st.Attempt,
         "job_id": job.id, "attempt": attempt.n, "task_id": job.task_id,
         "job_rank": job.array_rank or 0, "array_id": job.array_id,
         "recovery_count": job.recovery_count, "num_nodes": attempt.num_nodes,
-        "node_ips": [(infos.get(i) or base.InstanceInfo(i, base.PENDING)).ip or ""
-                     for i in attempt.instance_ids],
+        "node_ips": node_ips,
         "gpus_per_node": offering.accelerator_count if offering else 0,
         "envs": {**spec["envs"], **spec["secrets"]},
         "setup": spec.get("setup"), "run": spec.get("run"),
         "has_archive": bool(entry.get("archive")),
         "local_mounts": entry.get("local_mounts", []),
         "buckets": buckets,
-        "heartbeat_interval": cfg.heartbeat_interval,
+        "heartbeat_interval": ctl.sessions.heartbeat_interval(),
+        "log_interval": ctl.sessions.log_interval(),
         "notice_poll_interval": cfg.notice_poll_interval,
         "notice_signal": cfg.notice_signal,
         "copy_sync_interval": cfg.copy_sync_interval,

@@ -310,6 +310,8 @@ class Agent:
                 body = {"rank": self.rank, "wait_go": GO_WAIT_SECONDS if waiting else 0}
                 reply = self.client.call("POST", "/heartbeat", body,
                                          timeout=GO_WAIT_SECONDS + 10 if waiting else 10)
+                if reply:
+                    self._take_intervals(reply)
                 if reply and reply.get("drain"):
                     self._on_drain()
                 if reply and reply.get("go"):
@@ -322,8 +324,17 @@ class Agent:
             if not waiting:
                 self.done.wait(float(self.task["heartbeat_interval"]))
 
+    def _take_intervals(self, reply: dict[str, Any]) -> None:
+        """The controller lengthens the heartbeat and log intervals as its fleet grows;
+        notices and exits are reported at once whatever they are."""
+        for key in ("heartbeat_interval", "log_interval"):
+            value = reply.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) \
+                    and 0.5 <= value <= 600:
+                self.task[key] = float(value)
+
     def _log_loop(self) -> None:
-        while not self.done.wait(1.0):
+        while not self.done.wait(float(self.task.get("log_interval", 1.0))):
             self._ship_logs()
 
     _shipped = 0

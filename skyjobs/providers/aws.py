@@ -559,6 +559,10 @@ class AwsProvider:
                 if not _is_code(err, "InvalidInstanceID.NotFound"):
                     raise
 
+    def forget(self, instance_ids: list[str]) -> None:
+        for i in instance_ids:
+            self._where.pop(i, None)
+
     async def list_owned(self, controller_tag: str) -> list[str]:
         """Our ids of every non-terminated instance tagged with this controller."""
         filters = [{"Name": f"tag:{TAG_CONTROLLER}", "Values": [controller_tag]},

@@ -116,6 +116,14 @@ class SimulatedMarket(Protocol):
         """Send the instances a preemption notice; they die when it runs out."""
 
 
+@runtime_checkable
+class KeepsInstanceState(Protocol):
+    def forget(self, instance_ids: list[str]) -> None:
+        """The controller released these instances and will not ask about them again:
+        drop what is kept per instance (where each one lives, preemption records), so a
+        long-lived controller's memory does not grow with every instance it ever ran."""
+
+
 A = TypeVar("A")
 
 

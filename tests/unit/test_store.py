@@ -201,7 +201,9 @@ def test_the_usage_migration_backfills_ended_attempts(tmp_path: Path) -> None:
     # Back to the schema before the totals existed, keeping the attempt.
     old.conn.execute("DROP TABLE usage_totals")
     old.conn.execute("DROP INDEX attempts_status")
-    old.conn.execute(f"PRAGMA user_version = {len(st.MIGRATIONS) - 1}")
+    old.conn.execute("DROP INDEX jobs_ended")  # and the retention migration after it
+    old.conn.execute("DROP INDEX outbox_job")
+    old.conn.execute(f"PRAGMA user_version = {len(st.MIGRATIONS) - 2}")
     old.close()
     reopened = st.SyncStore(path)
     try:

@@ -406,6 +406,14 @@ class GcpProvider:
             out[i] = instance_info(i, inst, (zone, i) in self._preempted)
         return out
 
+    def forget(self, instance_ids: list[str]) -> None:
+        # Called on the loop while a pool thread may be in _status: single dict and set
+        # operations are atomic under the GIL, and a forgotten id is never asked about.
+        for i in instance_ids:
+            zone = self._where.pop(i, None)
+            if zone is not None:
+                self._preempted.discard((zone, i))
+
     async def status(self, instance_ids: list[str]) -> dict[str, InstanceInfo]:
         if not instance_ids:
             return {}
