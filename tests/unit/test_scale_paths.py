@@ -15,6 +15,7 @@ from skyjobs.controller import store as st
 from skyjobs.controller.logwriter import LogWriter
 from skyjobs.controller.metrics import Metrics
 from skyjobs.controller.sessions import AgentSessions
+from skyjobs.exceptions import SkyjobsError
 from skyjobs.node.agent import Agent
 from skyjobs.pricing.catalog import Placement, load_cloud
 from skyjobs.recovery.memory import PreemptionMemory
@@ -80,10 +81,10 @@ def test_notices_arriving_together_share_a_transaction_and_each_moves_its_job(
         calls = 0
         real = sync.notices_and_recover
 
-        def counting(notices: list[st.Notice]) -> list[bool | Exception]:
+        def counting(notices: list[st.Notice]) -> list[bool | SkyjobsError]:
             nonlocal calls
             calls += 1
-            return real(notices)  # type: ignore[return-value]
+            return real(notices)
 
         sync.notices_and_recover = counting  # type: ignore[method-assign]
         now = time.time()
@@ -171,7 +172,7 @@ async def test_agent_requests_read_no_store_and_a_released_attempt_leaves_nothin
                            data=b"line\n", headers={"Authorization": f"Bearer {tok}"}) as r:
         assert r.status == 200
     assert "get_attempt" not in calls and "get_job" not in calls
-    store.call = real  # type: ignore[method-assign]
+    store.call = real
 
     await h.api("POST", "/api/v1/cancel", {"ids": [job_id]})
     await h.wait_status(job_id, "CANCELLED")
