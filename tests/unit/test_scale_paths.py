@@ -157,7 +157,7 @@ async def test_agent_requests_read_no_store_and_a_released_attempt_leaves_nothin
     calls: list[str] = []
     real = store.call
 
-    async def counting(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def counting(fn, *args, **kwargs):
         calls.append(fn.__name__)
         return await real(fn, *args, **kwargs)
 
@@ -172,7 +172,7 @@ async def test_agent_requests_read_no_store_and_a_released_attempt_leaves_nothin
                            data=b"line\n", headers={"Authorization": f"Bearer {tok}"}) as r:
         assert r.status == 200
     assert "get_attempt" not in calls and "get_job" not in calls
-    store.call = real
+    store.call = real  # type: ignore[method-assign]
 
     await h.api("POST", "/api/v1/cancel", {"ids": [job_id]})
     await h.wait_status(job_id, "CANCELLED")
