@@ -817,14 +817,21 @@ class AgentTask(_Reply):
     local_mounts: list[str]
     buckets: list[dict[str, str]]
     heartbeat_interval: float
+    log_interval: float = 1.0
     notice_poll_interval: float
     notice_signal: str
     copy_sync_interval: float
 
 
 class HeartbeatReply(_Reply):
+    """The go gate and the drain flag; and how often to heartbeat and ship logs from now on
+    (longer as the controller's fleet grows). A heartbeat of an attempt whose instances
+    are already released gets only ``go: false, drain: true``."""
+
     go: bool
     drain: bool
+    heartbeat_interval: float | None = None
+    log_interval: float | None = None
 
 
 class Ok(_Reply):

@@ -111,7 +111,7 @@ OPERATIONS: tuple[Operation, ...] = (
               replies={200: "application/zip"}, errors=(404,)),
     Operation("post", "/agent/v1/attempts/{attempt}/heartbeat", "agent_heartbeat",
               "A node is alive; optionally wait for the go", "agent", AGENT_AUTH,
-              body=m.HeartbeatRequest, replies={200: m.HeartbeatReply}, errors=(400,)),
+              body=m.HeartbeatRequest, replies={200: m.HeartbeatReply}, errors=(400, 404)),
     Operation("post", "/agent/v1/attempts/{attempt}/events", "agent_event",
               "A node's notice, phase or exit", "agent", AGENT_AUTH,
               body=m.AgentEventRequest, replies={200: m.Ok}, errors=(400, 404)),
