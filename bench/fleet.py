@@ -218,6 +218,15 @@ class Run:
                     out[name.split("_lag_")[1].split("_")[0]] = float(line.split()[1])
         return out
 
+    def lag_histogram(self) -> dict[float, float]:
+        """Cumulative counts of skyjobs_event_loop_lag_seconds by bucket bound (le)."""
+        out = {}
+        for line in self.api("GET", "/metrics", timeout=60).splitlines():
+            if line.startswith("skyjobs_event_loop_lag_seconds_bucket{"):
+                le = line.split('le="')[1].split('"')[0]
+                out[math.inf if le == "+Inf" else float(le)] = float(line.split()[-1])
+        return out
+
     def db(self) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{self.state / 'skyjobs.db'}?mode=ro", uri=True,
                                timeout=30)
@@ -269,6 +278,20 @@ def ramp(run: Run) -> dict[str, Any]:
             "controller_cpu_s_per_min": meter.per_minute()}
 
 
+def window_lag(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Event-loop lag over exactly this window, from the histogram's deltas (the gauges'
+    trailing 60 s reach back into the phase before): the bucket bound holding the p99, and
+    the share of samples later than 100 ms."""
+    delta = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in sorted(after)}
+    total = delta.get(math.inf, 0.0)
+    if not total:
+        return {}
+    p99 = next(le for le, n in delta.items() if n >= 0.99 * total)
+    return {"lag_p99_s_window_bucket": p99 if p99 != math.inf else None,
+            "lag_samples_over_100ms_pct": round(100 * (total - delta.get(0.1, 0.0)) / total,
+                                                2)}
+
+
 def steady(run: Run) -> dict[str, Any]:
     pid = run.ctl.pid  # type: ignore[union-attr]
     time.sleep(run.args.settle)
@@ -276,7 +299,9 @@ def steady(run: Run) -> dict[str, Any]:
     gen_meter = Meter(run.gen_proc.pid)  # type: ignore[union-attr]
     run.profile("steady", True)
     meter, t0 = Meter(pid), time.time()
+    before = run.lag_histogram()
     lag = run.watch(run.args.steady)
+    lag.update(window_lag(before, run.lag_histogram()))
     t1 = time.time()
     cpu, waited = meter.per_minute(), meter.waited_per_minute()
     run.profile("steady", False)

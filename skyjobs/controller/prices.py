@@ -37,9 +37,14 @@ class PricePoller:
             del self._per_task[gone]
         new = sorted({job_id for job_id, _ in keys - self._per_task.keys()})
         if new:
+            # The jobs of one array share their task: matched once for all of them.
+            shared: dict[tuple[int, int], frozenset[Offering]] = {}
             for job in await self.store.call(self.store.sync.jobs_by_id, new):
-                self._per_task[(job.id, job.task_index)] = self._offerings_of(job)
-                await asyncio.sleep(0)  # a burst of new jobs must not freeze the loop
+                key = (job.array_id or job.id, job.task_index)
+                if key not in shared:
+                    shared[key] = self._offerings_of(job)
+                    await asyncio.sleep(0)  # a burst of new jobs must not freeze the loop
+                self._per_task[(job.id, job.task_index)] = shared[key]
         out: dict[str, set[Offering]] = {}
         for offerings in self._per_task.values():
             for o in offerings:
