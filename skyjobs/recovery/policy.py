@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from skyjobs.pricing.catalog import Placement
 from skyjobs.pricing.prices import PriceBook
-from skyjobs.recovery.memory import MemoryConfig, MemoryKey, PreemptionMemory
+from skyjobs.recovery.memory import MemoryConfig, MemoryKey, PreemptionMemory, ZoneEstimate
 from skyjobs.recovery.placement import Candidate
 from skyjobs.spec import JobRecovery
 
@@ -235,7 +235,12 @@ def _price(p: Placement, ctx: RankingContext) -> tuple[float, str]:
     return price, quote.label()
 
 
-def slack_rate_h(p: Placement, ctx: RankingContext) -> float:
+def _estimate(p: Placement, ctx: RankingContext, est: ZoneEstimate | None) -> ZoneEstimate:
+    """The memory's estimate for ``p`` now, unless the caller already has it (``est``)."""
+    return est if est is not None else (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+
+
+def slack_rate_h(p: Placement, ctx: RankingContext, est: ZoneEstimate | None = None) -> float:
     """Hours of wall time lost (not spent on progress) per hour of useful progress at this
     spot placement: each preemption costs a restart and, without a usable notice, half a
     checkpoint interval of work; the start now costs the launches that fail before it
@@ -243,7 +248,7 @@ def slack_rate_h(p: Placement, ctx: RankingContext) -> float:
     buys: until the next preemption (``1/hazard``), or the end of the work."""
     if not p.use_spot:
         return 0.0
-    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    est = _estimate(p, ctx, est)
     hazard = est.hazard_per_hour
     remaining_h = _remaining_h(ctx)
     starts_per_hour = max(hazard, 1 / remaining_h) if remaining_h else hazard
@@ -266,33 +271,34 @@ def job_loss_rate_h(ctx: RankingContext, model_rate_h: float) -> float:
     return (lost_h + model_rate_h * weight_h) / (ctx.progress_s / 3600 + weight_h)
 
 
-def future_loss_h(p: Placement, ctx: RankingContext) -> float:
+def future_loss_h(p: Placement, ctx: RankingContext, est: ZoneEstimate | None = None) -> float:
     """Hours of slack the rest of the job is expected to lose *after* this start: per
     expected preemption a restart, half a checkpoint interval without a usable notice, and
     the wait for the next start at the zone's *long-run* no-capacity share."""
-    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    est = _estimate(p, ctx, est)
     remaining_h = _remaining_h(ctx) or 0.0
     per_preemption = (ctx.restart_s + lost_work_s(ctx) / 2
                       + launch_wait_s(est.long_run_no_capacity, ctx))
     return remaining_h * est.hazard_per_hour * per_preemption / 3600
 
 
-def future_loss_var_h2(p: Placement, ctx: RankingContext) -> float:
+def future_loss_var_h2(p: Placement, ctx: RankingContext,
+                       est: ZoneEstimate | None = None) -> float:
     """Variance (h^2) of :func:`future_loss_h` under its own model: preemptions arrive as a
     Poisson process (mean ``remaining_h x hazard``), each losing a fixed ``c`` (restart and
     half a checkpoint interval) plus a wait for capacity taken as exponential with the mean
     ``w`` of :func:`launch_wait_s` at the long-run share. A compound Poisson sum has variance
     ``mean count x E[X^2]``, here ``E[X^2] = (c + w)^2 + w^2``."""
-    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    est = _estimate(p, ctx, est)
     remaining_h = _remaining_h(ctx) or 0.0
     c = (ctx.restart_s + lost_work_s(ctx) / 2) / 3600
     w = launch_wait_s(est.long_run_no_capacity, ctx) / 3600
     return remaining_h * est.hazard_per_hour * ((c + w) ** 2 + w ** 2)
 
 
-def wait_now_h(p: Placement, ctx: RankingContext) -> float:
+def wait_now_h(p: Placement, ctx: RankingContext, est: ZoneEstimate | None = None) -> float:
     """Hours this start is expected to wait for capacity (the capacity-now estimate)."""
-    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    est = _estimate(p, ctx, est)
     return launch_wait_s(est.p_no_capacity, ctx) / 3600
 
 
@@ -369,13 +375,14 @@ def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, st
     hazard = est.hazard_per_hour
     loss_h = (ctx.restart_s + lost_work_s(ctx) / 2) / 3600.0
     money = price * (1 + hazard * loss_h)
-    rate_h = slack_rate_h(p, ctx)
+    rate_h = slack_rate_h(p, ctx, est)
     if ctx.deadline_at is None or ctx.expected_runtime_s is None:
         cost = money + price * (rate_h - hazard * loss_h)
         return cost, f"{price_label}, {est.describe()}"
     value = slack_value_per_hour(price, p.offering.ondemand_price, rate_h, ctx,
-                                 loss_h=future_loss_h(p, ctx), wait_h=wait_now_h(p, ctx),
-                                 loss_var_h2=future_loss_var_h2(p, ctx))
+                                 loss_h=future_loss_h(p, ctx, est),
+                                 wait_h=wait_now_h(p, ctx, est),
+                                 loss_var_h2=future_loss_var_h2(p, ctx, est))
     cost = money + value * rate_h
     return cost, (f"{price_label}, {est.describe()}, loses {rate_h * 60:.1f} min/h"
                   f" at ${value:.2f}/h")

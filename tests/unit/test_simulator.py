@@ -253,3 +253,25 @@ def test_move_running_spot_returns_to_the_cheap_zone_once_it_is_back():
     other = simulate_run(ts, cfg(spot_prices=prices, move_running_spot=True),
                          POLICIES["COST_AWARE"], 0.0)
     assert other.zone_changes == 0
+
+
+def test_running_job_is_checked_at_the_controllers_interval(monkeypatch: pytest.MonkeyPatch):
+    # One-minute samples; the controller asks every deadline_check_interval (300 s).
+    ts = TraceSet("test", (ZoneTrace("us-east-1a", "us-east-1", "v100", 60.0, (1,) * 600),
+                           ZoneTrace("us-west-2a", "us-west-2", "v100", 60.0, (1,) * 600)))
+    asked: list[float] = []
+    real = simulator.move_decision
+
+    def counting(cands, ctx, running_s):  # type: ignore[no-untyped-def]
+        asked.append(ctx.now)
+        return real(cands, ctx, running_s)
+
+    monkeypatch.setattr(simulator, "move_decision", counting)
+    c = cfg(job_hours=1.0, deadline_hours=2.0)
+    simulate_run(ts, c, POLICIES["DEADLINE_AWARE"], 0.0)
+    assert len(asked) == 12 and all(b - a == 300.0 for a, b in zip(asked, asked[1:],
+                                                                     strict=False))
+    asked.clear()
+    simulate_run(ts, cfg(job_hours=1.0, deadline_hours=2.0, check_interval_s=0.0),
+                 POLICIES["DEADLINE_AWARE"], 0.0)
+    assert len(asked) > 50  # every sample

@@ -11,9 +11,10 @@ attempt goes to the first of :func:`skyjobs.recovery.policy.rank`, and the job's
 * a running spot instance is preempted at the first sample where capacity drops below the
   node count; it loses the work since the last checkpoint unless the notice is long enough
   to checkpoint (``notice_s >= checkpoint_save_s``);
-* DEADLINE_AWARE on on-demand re-asks :func:`deadline_decision` at every sample; a switch to
+* DEADLINE_AWARE on on-demand re-asks :func:`deadline_decision` at every check (the
+  controller's ``deadline_check_interval``, ``SimConfig.check_interval_s``); a switch to
   spot launches spot first (a failed try costs nothing while on-demand runs), then pays a
-  restart like any launch;
+  restart like any launch; on spot it asks :func:`move_decision` at the same checks;
 * a preempted zone cools down for ``zone_cooldown_s`` (the controller's ``zone_cooldown``),
   as the controller's ranking context does;
 * money: spot at the trace's own per-sample prices where it has them (else the configured
@@ -72,6 +73,11 @@ class SimConfig:
     # policy.move_decision says so, as the controller does (docs/policy.md, "Fifth pass");
     # False replays the controller before it did.
     move_running_spot: bool = True
+    # How often a running DEADLINE_AWARE job asks whether to leave on-demand for spot or
+    # to move to a cheaper spot zone: the controller's ``deadline_check_interval``. The
+    # replay asks at the first trace sample after the restart, then every
+    # ``max(check_interval_s, gap)`` (before, at every sample: 30 s to 195 s).
+    check_interval_s: float = 300.0
     cloud: str = "aws"
     instance_type: str = "p3.2xlarge"
 
@@ -81,7 +87,7 @@ class SimConfig:
         if self.deadline_hours is not None and self.deadline_hours < self.job_hours:
             raise ConfigError("the deadline is shorter than the job")
         for name in ("restart_s", "checkpoint_interval_s", "checkpoint_save_s", "notice_s",
-                     "zone_cooldown_s"):
+                     "zone_cooldown_s", "check_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.first_start_hours < 0:
@@ -340,8 +346,9 @@ class _Job:
 
     def watch_on_demand(self, p: Placement, useful_from: float,
                         finish: float) -> tuple[float, Placement] | None:
-        """On on-demand, ask at every sample whether to go back to spot, and try it."""
-        gap = self.traces.gap_s
+        """On on-demand, ask at every check (:meth:`check_step`) whether to go back to
+        spot, and try it."""
+        gap, step = self.traces.gap_s, self.check_step()
         t = (math.floor(useful_from / gap) + 1) * gap
         while t < finish and t < self.traces.span_s:
             progress = self.progress + (t - useful_from)
@@ -356,15 +363,16 @@ class _Job:
                     return t, spot
                 if spot is not None:
                     self.record(spot, "no_capacity", t)
-            t += gap
+            t += step
         return None
 
     def watch_spot(self, p: Placement, t0: float, useful_from: float,
                    end: float) -> tuple[float, Placement] | None:
-        """On spot (with ``move_running_spot``), ask at every sample whether to move to a
-        cheaper spot zone, and try it: a failed try costs nothing while ``p`` runs (the
-        controller would launch the replacement first); a move costs a restart."""
-        gap = self.traces.gap_s
+        """On spot (with ``move_running_spot``), ask at every check (:meth:`check_step`)
+        whether to move to a cheaper spot zone, and try it: a failed try costs nothing
+        while ``p`` runs (the controller would launch the replacement first); a move costs
+        a restart."""
+        gap, step = self.traces.gap_s, self.check_step()
         t = (math.floor(useful_from / gap) + 1) * gap
         while t < end:
             progress = self.progress + (t - useful_from)
@@ -376,8 +384,13 @@ class _Job:
                         self.hook("move", ctx, move.target, move.reason)
                     return t, move.target
                 self.record(move.target, "no_capacity", t)
-            t += gap
+            t += step
         return None
+
+    def check_step(self) -> float:
+        """Seconds between two checks of a running job: the controller's
+        ``deadline_check_interval``, at least one trace sample."""
+        return max(self.cfg.check_interval_s, self.traces.gap_s)
 
     def finish_on_demand(self, t: float) -> None:
         od = next(c.placement for c in self.cands if not c.placement.use_spot)
