@@ -104,7 +104,9 @@ class PreemptionMemory:
         self._zones: dict[MemoryKey, dict[str, _Decaying]] = {}
         self._regions: dict[RegionKey, dict[str, _Decaying]] = {}
         self._last: dict[tuple[MemoryKey, str], float] = {}
-        self._records: list[MemoryRecord] = []
+        # Records are folded into the decaying sums above and not kept: a controller that
+        # runs for months must not hold every launch and preemption it ever saw.
+        self.recorded = 0
         # Estimates asked again at the same time with no new record in between (a ranking
         # asks for each candidate several times): the replay simulator's hot path.
         self._cache: dict[tuple[MemoryKey, float], ZoneEstimate] = {}
@@ -116,9 +118,6 @@ class PreemptionMemory:
         for key, kind, t, value in records:
             mem.record(key, kind, t, value)
         return mem
-
-    def records(self) -> list[MemoryRecord]:
-        return list(self._records)
 
     def record(self, key: MemoryKey, kind: str, t: float, value: float = 1.0) -> None:
         """``value`` is a count (1 by default), or seconds for ``run_seconds``."""
@@ -134,7 +133,7 @@ class PreemptionMemory:
                 store.setdefault(channel, _Decaying()).add(
                     value, t, getattr(self.config, half_life_attr))
         self._last[(key, kind)] = max(t, self._last.get((key, kind), -math.inf))
-        self._records.append((key, kind, t, value))
+        self.recorded += 1
 
     def last(self, key: MemoryKey, kind: str) -> float | None:
         return self._last.get((_norm(key), kind))

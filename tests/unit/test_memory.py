@@ -73,12 +73,14 @@ def test_on_demand_is_never_preempted():
 
 def test_rebuild_from_records_gives_same_estimates():
     mem = PreemptionMemory()
-    mem.record(A, "launch_ok", 10.0)
-    mem.record(A, "run_seconds", 4000.0, 3990.0)
-    mem.record(A, "preemption", 4000.0)
-    mem.record(B, "no_capacity", 4100.0)
-    mem.record(A, "no_capacity", 50.0)  # late record, out of order
-    again = PreemptionMemory.from_records(mem.records())
+    records = [(A, "launch_ok", 10.0, 1.0), (A, "run_seconds", 4000.0, 3990.0),
+               (A, "preemption", 4000.0, 1.0), (B, "no_capacity", 4100.0, 1.0),
+               (A, "no_capacity", 50.0, 1.0)]  # the last one late, out of order
+    for key, kind, t, value in records:
+        mem.record(key, kind, t, value)
+    # What the controller does at start: the store's zone events, replayed.
+    again = PreemptionMemory.from_records(records)
+    assert mem.recorded == again.recorded == 5
     for key in (A, B, W):
         assert again.estimate(key, 9000.0) == mem.estimate(key, 9000.0)
     assert again.last(A, "preemption") == 4000.0

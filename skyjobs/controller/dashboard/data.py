@@ -238,5 +238,5 @@ async def controller(ctl: Services) -> dict[str, Any]:
         "store": {"path": str(db), "schema": schema, "probe_ms": probe_ms,
                   "ok": probe_ms < 1000, "size": size(db), "wal_size": size(f"{db}-wal")},
         "clouds": clouds, "offerings": len(ctl.catalog.offerings),
-        "memory_records": len(ctl.memory.records()),
+        "memory_records": ctl.memory.recorded,
     }
