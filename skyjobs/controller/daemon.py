@@ -30,6 +30,7 @@ from skyjobs.config import ControllerConfig
 from skyjobs.controller import agent_dist, retention, sdnotify
 from skyjobs.controller import store as st
 from skyjobs.controller.duties import Duties
+from skyjobs.controller.heap import HeapKeeper
 from skyjobs.controller.looplag import LoopLagMonitor
 from skyjobs.controller.messages import Message
 from skyjobs.controller.metrics import InstrumentedProvider, Metrics
@@ -85,6 +86,7 @@ class Controller:
         self.providers: dict[str, Provider] = providers or {}
         self.metrics = Metrics(hooks=[w.name for w in config.webhooks])
         self.loop_lag = LoopLagMonitor()
+        self.heap = HeapKeeper()
         self.metrics.watch_loop(self.loop_lag)
         self._services: Services | None = None
         self._stop = asyncio.Event()
@@ -166,6 +168,8 @@ class Controller:
         sv.sessions.assume_fleet(sum(a.num_nodes for a in live))
         for job_id in await store.call(store.sync.live_job_ids):
             sv.runners.start(job_id)  # re-attach to every unfinished job
+        # Long-lived job state out of the cyclic collector's full walks (heap.py).
+        self._watch(self.heap.start())
         # The reaper finishes what a crash interrupted: attempts that ended in the store
         # before their instances were terminated.
         self._watch(sv.reaper.start())
