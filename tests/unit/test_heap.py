@@ -1,5 +1,6 @@
-"""The heap keeper: survivors frozen out of the collector's walks, cycles among them still
-freed by the periodic full collection, and everything given back when it stops."""
+"""The heap keeper: no automatic full collection while it runs (young ones go on), its own
+periodic full collection frees cycles among long-lived objects, and the collector's settings
+come back when the last keeper stops."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import gc
 import weakref
 
-from skyjobs.controller.heap import HeapKeeper
+from skyjobs.controller.heap import NEVER, HeapKeeper
 
 
 class Node:
@@ -15,26 +16,29 @@ class Node:
         self.other: Node | None = None
 
 
-async def test_frozen_cycles_are_freed_by_the_full_pass_and_stop_unfreezes() -> None:
-    keeper = HeapKeeper(freeze_every=0.05, full_every=0.4)
-    a, b = Node(), Node()
-    a.other, b.other = b, a  # a cycle: only the cyclic collector can free it
-    alive = weakref.ref(a)
-    task = keeper.start()
+async def test_full_collections_are_the_keepers_own_and_settings_come_back() -> None:
+    before = gc.get_threshold()
+    first, second = HeapKeeper(full_every=0.3), HeapKeeper(full_every=3600)
+    tasks = [first.start(), second.start()]
     try:
-        await asyncio.sleep(0.15)
-        assert gc.get_freeze_count() > 0  # the cycle, among the rest, is out of sight
+        await asyncio.sleep(0.05)
+        assert gc.get_threshold()[2] == NEVER
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the cyclic collector can free it
+        alive = weakref.ref(a)
+        gc.collect(1)  # survives the young collections into the oldest generation
         del a, b
-        gc.collect()  # an ordinary full collection does not see frozen objects
-        assert alive() is not None
+        gc.collect(1)
+        assert alive() is not None  # young collections do not look at it any more
         for _ in range(40):
             await asyncio.sleep(0.05)
-            if keeper.full_runs:
+            if first.full_runs:
                 break
-        assert keeper.full_runs >= 1
-        gc.collect(0)
-        assert alive() is None
+        assert first.full_runs >= 1 and alive() is None
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    assert gc.get_freeze_count() == 0
+        tasks[0].cancel()
+        await asyncio.gather(tasks[0], return_exceptions=True)
+        assert gc.get_threshold()[2] == NEVER  # the other keeper still runs
+        tasks[1].cancel()
+        await asyncio.gather(tasks[1], return_exceptions=True)
+    assert gc.get_threshold() == before
