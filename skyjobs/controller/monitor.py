@@ -22,7 +22,8 @@ from skyjobs.states import AttemptStatus, MessageKind
 
 log = structlog.get_logger("skyjobs.monitor")
 
-YIELD_EVERY = 256
+YIELD_EVERY = 128
+SLICE = 1000  # attempts per slice of an instance poll round
 
 
 class InstanceMonitor:
@@ -38,6 +39,20 @@ class InstanceMonitor:
                   if s in (AttemptStatus.PROVISIONING, AttemptStatus.RUNNING)}
         attempts = [a for a in await sv.sessions.attempts(list(states))
                     if a.job_id in sv.runners]
+        # Past SLICE attempts the round goes in slices spread over most of the interval:
+        # 10,000 statuses parsed and checked at once held the loop for a large fraction of
+        # a second every round (docs/fleet.md). The cloud calls are the same: providers
+        # chunk their describe calls by about as many ids anyway.
+        slices = [attempts[i:i + SLICE] for i in range(0, len(attempts), SLICE)]
+        pause = 0.8 * sv.config.instance_poll_interval / max(1, len(slices))
+        for n, part in enumerate(slices):
+            if n:
+                await asyncio.sleep(pause)
+            await self._poll_slice(part, states)
+
+    async def _poll_slice(self, attempts: list[st.Attempt],
+                          states: dict[int, AttemptStatus]) -> None:
+        sv = self.sv
         by_cloud: dict[str, list[str]] = {}
         for a in attempts:
             by_cloud.setdefault(a.cloud, []).extend(a.instance_ids)
@@ -50,7 +65,9 @@ class InstanceMonitor:
         sv.sessions.note_ips(infos.values())
         for k, a in enumerate(attempts):
             if k % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # thousands of attempts: let requests in between
+                await asyncio.sleep(0)  # let requests in between
+            if a.job_id not in sv.runners or not sv.sessions.knows(a.id):
+                continue  # the job ended, or the attempt was released, during the round
             gone = [infos[i] for i in a.instance_ids if i in infos
                     and infos[i].state in base.ENDING and not self._too_new(a, infos[i])]
             if gone:

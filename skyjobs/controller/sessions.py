@@ -100,6 +100,10 @@ class AgentSessions:
                 self.remember(attempt)
         return [self._attempts[i] for i in attempt_ids if i in self._attempts]
 
+    def knows(self, attempt_id: int) -> bool:
+        """Whether the attempt's launch facts are held (until its instances are released)."""
+        return attempt_id in self._attempts
+
     def remember(self, attempt: st.Attempt) -> None:
         """Keep an attempt's launch facts until its instances are released."""
         if not attempt.released:

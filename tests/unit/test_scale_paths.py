@@ -198,3 +198,22 @@ async def test_heartbeat_shapes_off_the_fast_path_read_as_before(h: Harness,
         assert status == 200  # a numeric string and an unknown key were always accepted
     else:
         assert status == 400 and "\n" not in reply["error"]
+
+
+async def test_an_instance_poll_round_goes_in_slices_and_misses_nobody(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skyjobs.controller import monitor as mon
+    monkeypatch.setattr(mon, "SLICE", 1)
+    jobs = [await submit(h) for _ in range(3)]
+    attempts = [await h.run_to_running(j) for j in jobs]
+    sv = h.ctl.services
+    sv.config.instance_poll_interval = 0.2
+    last = await h.ctl.store.call(h.ctl.store.sync.get_attempt, attempts[-1])
+    await h.fake.preempt(last.instance_ids, 0)
+    h.fake.calls.clear()
+    await mon.InstanceMonitor(sv).poll()
+    statuses = [ids for op, ids in h.fake.calls if op == "status"]
+    assert len(statuses) == 3 and all(len(ids) == 1 for ids in statuses)  # one per slice
+    # The preempted one, in the last slice, is found all the same.
+    await h.wait_status(jobs[-1], "RECOVERING", "PROVISIONING")
+    assert [(await h.job(j))["status"] for j in jobs[:2]] == ["RUNNING", "RUNNING"]
