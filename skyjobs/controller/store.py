@@ -23,7 +23,12 @@ from typing import Any, ParamSpec, TypeVar
 import sqlite_utils
 
 from skyjobs.controller import payloads
-from skyjobs.exceptions import IllegalTransitionError, NotFoundError, SkyjobsError
+from skyjobs.exceptions import (
+    ConfigError,
+    IllegalTransitionError,
+    NotFoundError,
+    SkyjobsError,
+)
 from skyjobs.pricing.catalog import Placement
 from skyjobs.states import (
     ALL_STATES,
@@ -366,6 +371,12 @@ class SyncStore:
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            # A newer skyjobs migrated this store: this code would misread what it added.
+            self.conn.close()
+            raise ConfigError(f"the store's schema is version {version}, newer than this "
+                              f"skyjobs knows ({len(MIGRATIONS)}): upgrade skyjobs to run "
+                              "on it")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             # executescript commits on its own, so the version bump rides inside the script.
             self.conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")

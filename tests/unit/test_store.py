@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from skyjobs.controller import store as st
-from skyjobs.exceptions import IllegalTransitionError, NotFoundError
+from skyjobs.exceptions import ConfigError, IllegalTransitionError, NotFoundError
 from skyjobs.pricing.catalog import Placement, load_cloud
 
 
@@ -231,3 +231,15 @@ def test_next_task_ends_the_finished_tasks_other_attempts_in_the_same_transactio
     j = db.get_job(job)
     assert (j.task_index, j.status) == (1, st.PROVISIONING)
     assert {a.id for a in db.attempts_to_release()} == {done.id, spare.id}
+
+
+def test_a_store_from_a_newer_skyjobs_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    newer = st.SyncStore(path)
+    newer.conn.execute(f"PRAGMA user_version = {len(st.MIGRATIONS) + 1}")
+    newer.close()
+    with pytest.raises(ConfigError, match="newer than this skyjobs knows"):
+        st.SyncStore(path)
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == len(st.MIGRATIONS) + 1
+    check.close()
