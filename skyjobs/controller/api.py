@@ -642,7 +642,8 @@ async def agent_event(request: web.Request) -> web.Response:
     rank_ = _rank(body.rank, attempt.num_nodes)
     kind, phase, code = body.kind, body.phase, body.exit_code
     s = ctl.store.sync
-    ctl.sessions.heard(attempt.id, rank_)
+    if not attempt.released:  # a straggler's report is recorded, but tracked nowhere
+        ctl.sessions.heard(attempt.id, rank_)
     if kind == "notice" or (kind == "exit" and body.noticed):
         await ctl.sessions.record_notice(attempt, rank_, body.notice,
                                          _timestamp(body.seen_at))

@@ -182,6 +182,8 @@ async def test_agent_requests_read_no_store_and_a_released_attempt_leaves_nothin
     status, body = await h.api("POST", f"/agent/v1/attempts/{aid}/heartbeat",
                                {"rank": 0}, tok)
     assert status == 200 and body == {"go": False, "drain": True}
+    status, _ = await h.agent(aid, {"kind": "phase", "phase": "running", "rank": 0})
+    assert status == 200
     assert h.ctl.sessions.sizes() == sizes
 
 
