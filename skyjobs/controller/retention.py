@@ -58,10 +58,13 @@ async def sweep(store: st.Store, state_dir: Path, older_than_s: float, *,
                                now - max(older_than_s, keep_zone_events_s), dry_run)
     for table, n in history.items():
         totals[table] += n
-    in_use = await store.call(store.sync.archives_in_use, removed)
-    totals["archives"] = await asyncio.to_thread(
-        _remove_archives, state_dir / "archives", dropped, in_use | set(in_flight), before,
-        dry_run)
+    candidates = [p for p in await asyncio.to_thread(
+        _archive_candidates, state_dir / "archives", dropped, before)
+        if _digest(p) not in in_flight]
+    if candidates:  # the scan of every job's archives only when some file may go
+        in_use = await store.call(store.sync.archives_in_use, removed)
+        totals["archives"] = await asyncio.to_thread(
+            _remove_archives, [p for p in candidates if _digest(p) not in in_use], dry_run)
     if any(totals.values()) and not dry_run:
         log.info("retention sweep", older_than_days=round(older_than_s / DAY, 3), **totals)
     return totals
@@ -77,24 +80,30 @@ def _remove_logs(state_dir: Path, job_ids: list[int]) -> int:
     return removed
 
 
-def _remove_archives(folder: Path, dropped: set[str], keep: set[str], before: float,
-                     dry_run: bool) -> int:
-    """Archives no kept job references: those the removed jobs used, and any older than
-    the cut-off (left by a submit that crashed before its job was recorded)."""
-    removed = 0
+def _digest(path: Path) -> str:
+    return path.name.removesuffix(".tar.gz")
+
+
+def _archive_candidates(folder: Path, dropped: set[str], before: float) -> list[Path]:
+    """Archives that may go once no kept job references them: those the removed jobs
+    used, and any older than the cut-off (left by a submit that crashed before its job
+    was recorded)."""
+    out = []
     try:
         files = list(folder.glob("*.tar.gz"))
     except OSError:
-        return 0
+        return []
     for path in files:
-        digest = path.name.removesuffix(".tar.gz")
-        if digest in keep:
-            continue
         try:
-            stale = digest in dropped or path.stat().st_mtime < before
-            if stale and not dry_run:
-                path.unlink()
+            if _digest(path) in dropped or path.stat().st_mtime < before:
+                out.append(path)
         except FileNotFoundError:
             continue
-        removed += stale
-    return removed
+    return out
+
+
+def _remove_archives(paths: list[Path], dry_run: bool) -> int:
+    if not dry_run:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return len(paths)
