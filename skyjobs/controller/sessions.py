@@ -70,6 +70,9 @@ class AgentSessions:
         # Launch-time facts of unreleased attempts (see attempt()), and node addresses.
         self._attempts: dict[int, st.Attempt] = {}
         self._ips: dict[str, str] = {}
+        # Bumped by forget(): a store read that raced a release must not cache its attempt
+        # again (it would never be dropped).
+        self._forgets = 0
         # The longest heartbeat interval sent lately, and since when: agents keep an
         # interval until their next heartbeat, so silence is judged by the longest recent one.
         self._interval_high = config.heartbeat_interval
@@ -87,18 +90,25 @@ class AgentSessions:
         known = self._attempts.get(attempt_id)
         if known is not None:
             return known
+        forgets = self._forgets
         attempt = await self.store.call(self.store.sync.get_attempt, attempt_id)
-        self.remember(attempt)
+        if forgets == self._forgets:  # released meanwhile: never cache it again
+            self.remember(attempt)
         return attempt
 
     async def attempts(self, attempt_ids: list[int]) -> list[st.Attempt]:
         """Launch facts of many attempts (same caveat as attempt()), one store read for
         those not in memory; unknown ids are left out."""
         missing = [i for i in attempt_ids if i not in self._attempts]
+        read: dict[int, st.Attempt] = {}
         if missing:
-            for attempt in await self.store.call(self.store.sync.attempts_by_id, missing):
-                self.remember(attempt)
-        return [self._attempts[i] for i in attempt_ids if i in self._attempts]
+            forgets = self._forgets
+            read = {a.id: a for a in await self.store.call(self.store.sync.attempts_by_id,
+                                                           missing)}
+            if forgets == self._forgets:  # as in attempt()
+                for attempt in read.values():
+                    self.remember(attempt)
+        return [a for i in attempt_ids if (a := self._attempts.get(i) or read.get(i))]
 
     def knows(self, attempt_id: int) -> bool:
         """Whether the attempt's launch facts are held (until its instances are released)."""
@@ -215,6 +225,7 @@ class AgentSessions:
 
     def forget(self, attempt_id: int, instance_ids: Iterable[str] = ()) -> None:
         """Drop what is known of an attempt whose instances are gone."""
+        self._forgets += 1
         known = self._attempts.pop(attempt_id, None)
         for i in {*instance_ids, *(known.instance_ids if known else ())}:
             self._ips.pop(i, None)

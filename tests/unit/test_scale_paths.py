@@ -219,3 +219,27 @@ async def test_an_instance_poll_round_goes_in_slices_and_misses_nobody(
     # The preempted one, in the last slice, is found all the same.
     await h.wait_status(jobs[-1], "RECOVERING", "PROVISIONING")
     assert [(await h.job(j))["status"] for j in jobs[:2]] == ["RUNNING", "RUNNING"]
+
+
+def test_a_store_read_that_races_a_release_does_not_cache_the_attempt(
+        tmp_path: Path) -> None:
+    s = _sessions(tmp_path)
+    sync = s.store.sync
+    job = sync.create_job("j", {"spec": {}}, False, "sky")
+    a = sync.begin_attempt(job, _placement(), 1, "sjx", "first")
+    real = sync.get_attempt
+
+    def released_meanwhile(attempt_id: int) -> st.Attempt:
+        got = real(attempt_id)
+        s.forget(attempt_id)  # the reaper confirmed the release while the read ran
+        return got
+
+    sync.get_attempt = released_meanwhile  # type: ignore[method-assign]
+    try:
+        assert asyncio.run(s.attempt(a.id)).id == a.id
+        assert not s.knows(a.id)  # cached now, it would never be dropped
+        sync.get_attempt = real  # type: ignore[method-assign]
+        asyncio.run(s.attempt(a.id))
+        assert s.knows(a.id)
+    finally:
+        s.store.close()
