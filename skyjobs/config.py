@@ -62,6 +62,9 @@ class ControllerConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKYJOBS_", extra="forbid")
 
     state_dir: Path = Field(default_factory=default_state_dir)
+    # PostgreSQL instead of the SQLite file in the state dir (postgresql://user@host/db):
+    # the store several controllers share (docs/ha.md). Unset: SQLite, as always.
+    database_url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
     host: str = "127.0.0.1"
     # The URL agents on other machines use to reach this controller (for example
     # https://10.0.0.5:8765 on a controller VM); default: the address the API binds.
@@ -158,6 +161,11 @@ class ControllerConfig(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "skyjobs.db"
+
+    @property
+    def store_target(self) -> Path | str:
+        """What the store opens: the PostgreSQL URL when set, else the SQLite file."""
+        return self.database_url or self.db_path
 
     @classmethod
     def settings_customise_sources(

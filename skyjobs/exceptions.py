@@ -77,3 +77,19 @@ def api_error(status: int, message: str) -> ApiError:
     kind = {400: BadRequestError, 401: UnauthorizedError, 404: ApiNotFoundError,
             409: ConflictError}.get(status, ApiError)
     return kind(status, message)
+
+
+class StoreUnavailableError(SkyjobsError):
+    """The database could not be reached or dropped the connection mid-call: the call's
+    outcome is unknown; retry later from a fresh read (every write is compare-and-set)."""
+
+
+class LeaseLostError(SkyjobsError):
+    """This controller no longer owns the job (its lease expired and another controller
+    took it, or it was handed back): stand down without touching the job again."""
+
+    def __init__(self, job_id: int, owner: str | None = None) -> None:
+        held = f"held by {owner}" if owner else "not held"
+        super().__init__(f"job {job_id}: lease lost (now {held})")
+        self.job_id = job_id
+        self.owner = owner

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,10 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
 
 from skyjobs.client import Client, local_client
 from skyjobs.providers.local_instance import kill_session, read_json, session_members
+from tests import pg
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +88,19 @@ class ControllerProc:
         assert self._client is not None
         return self._client
 
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read of this controller's store (SQLite file or PostgreSQL), from
+        outside the process, as an operator would look; ``?`` placeholders."""
+        url = self.env.get("SKYJOBS_DATABASE_URL")
+        if url:
+            with psycopg.connect(url, autocommit=True) as conn:
+                return [tuple(r) for r in conn.execute(sql.replace("?", "%s"), params)]
+        db = sqlite3.connect(f"file:{self.state_dir / 'skyjobs.db'}?mode=ro", uri=True)
+        try:
+            return [tuple(r) for r in db.execute(sql, params)]
+        finally:
+            db.close()
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -145,19 +161,44 @@ class ControllerProc:
                 kill_session(state["sid"])
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """What a store opens, once per database: a SQLite file, or a PostgreSQL URL naming a
+    fresh schema on the real server (dropped after the test)."""
+    if request.param == "sqlite":
+        yield tmp_path / "store.db"
+        return
+    with pg.fresh_schema() as url:
+        yield url
+
+
 @pytest.fixture
-def controller(tmp_path: Path) -> Iterator[Callable[..., ControllerProc]]:
-    """Factory: controller(**env) starts a controller process; all are cleaned up."""
+def database_env(store_target: Path | str) -> dict[str, str]:
+    """The environment that points a controller process at ``store_target``."""
+    return {"SKYJOBS_DATABASE_URL": store_target} if isinstance(store_target, str) else {}
+
+
+@pytest.fixture
+def controller(tmp_path: Path,
+               database_env: dict[str, str]) -> Iterator[Callable[..., ControllerProc]]:
+    """Factory: controller(**env) starts a controller process (on SQLite and on
+    PostgreSQL: the fixture runs each test on both); all are cleaned up."""
     made: list[ControllerProc] = []
 
     def start(**env: str) -> ControllerProc:
-        c = ControllerProc(tmp_path / "state", {k.upper(): v for k, v in env.items()})
+        c = ControllerProc(tmp_path / "state",
+                           {**database_env, **{k.upper(): v for k, v in env.items()}})
         made.append(c)
         return c.start()
 
     yield start
     for c in made:
         c.cleanup()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if pg.SKIPPED:
+        terminalreporter.write_line(pg.HOW_TO_ENABLE.format(url=pg.base_url()))
 
 
 def task(run: str, **fields: Any) -> dict[str, Any]:

@@ -142,8 +142,9 @@ class Controller:
             private_dir(self.state_dir / sub)
         token = read_or_create_secret(self.state_dir / "token")
         secret = read_or_create_secret(self.state_dir / "agent-secret").encode()
-        store = self._store = st.Store(self.config.db_path, store_hooks(self.config.webhooks))
-        os.chmod(self.config.db_path, 0o600)  # made by an older version under another umask
+        store = self._store = st.Store(self.config.store_target, store_hooks(self.config.webhooks))
+        if self.config.database_url is None:
+            os.chmod(self.config.db_path, 0o600)  # an older version's, under another umask
         # 64 bits: the orphan sweep terminates instances by this prefix, so two controllers
         # in one account must never share it (a state dir keeps the id it was given).
         cid = await store.call(store.sync.get_or_set_meta, "controller_id",

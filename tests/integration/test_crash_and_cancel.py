@@ -204,7 +204,6 @@ def test_failover_to_a_zone_with_capacity(controller: Any) -> None:
 
 def test_orphan_instances_of_this_controller_are_terminated_at_start(controller: Any) -> None:
     import asyncio
-    import sqlite3
 
     from skyjobs.pricing.catalog import Placement, load_cloud
     from skyjobs.providers.base import LaunchRequest
@@ -212,8 +211,7 @@ def test_orphan_instances_of_this_controller_are_terminated_at_start(controller:
 
     ctl = controller()
     assert ctl.stop() == 0
-    cid = sqlite3.connect(ctl.state_dir / "skyjobs.db").execute(
-        "SELECT value FROM meta WHERE key='controller_id'").fetchone()[0]
+    cid = ctl.query("SELECT value FROM meta WHERE key='controller_id'")[0][0]
     offering = load_cloud("local")[0]
     orphan, stranger = f"sj{cid}-999-1-0", "someone-else-1"
     provider = LocalProvider(ctl.state_dir / "local-cloud")

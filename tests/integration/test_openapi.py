@@ -69,15 +69,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 def _attempt_id(proc: ControllerProc, job_id: int, n: int) -> int:
     """The agent API names attempts by their store id (what a node's env carries)."""
-    from skyjobs.config import ControllerConfig
-    from skyjobs.controller import store as st
-
-    db = st.open_readonly(ControllerConfig.model_construct(state_dir=proc.state_dir).db_path)
-    try:
-        rows = st.table_rows(db, "attempts", 100)
-    finally:
-        db.close()
-    return next(int(r["id"]) for r in rows if r["job_id"] == job_id and r["n"] == n)
+    return int(proc.query("SELECT id FROM attempts WHERE job_id=? AND n=?", (job_id, n))[0][0])
 
 
 # The document as this checkout generates it; test_the_document_is_served_without_a_token

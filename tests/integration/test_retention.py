@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,7 @@ def map_sizes(ctl: ControllerProc) -> dict[str, float]:
 
 
 def disk(ctl: ControllerProc) -> dict[str, Any]:
-    db = sqlite3.connect(f"file:{ctl.state_dir / 'skyjobs.db'}?mode=ro", uri=True)
-    try:
-        rows = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
-    finally:
-        db.close()
+    rows = {t: ctl.query(f"SELECT COUNT(*) FROM {t}")[0][0] for t in TABLES}
     return {**rows, "logs": sorted(p.name for p in (ctl.state_dir / "logs").iterdir()),
             "archives": sorted(p.name for p in (ctl.state_dir / "archives").iterdir())}
 

@@ -115,7 +115,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 class World:
     """A store with hooks and the dispatchers started on it; cleans both up."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = path
         self.store: Store | None = None
         self.dispatchers: list[WebhookDispatcher] = []
@@ -141,8 +141,8 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    w = World(tmp_path / "skyjobs.db")
+async def world(store_target: Path | str) -> AsyncIterator[World]:
+    w = World(store_target)
     yield w
     await w.close()
 

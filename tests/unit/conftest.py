@@ -15,7 +15,12 @@ from tests.unit.harness import Harness
 
 
 @pytest.fixture
-async def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+async def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            database_env: dict[str, str]) -> AsyncIterator[Harness]:
+    """A controller in this process on the in-memory provider, on SQLite and on PostgreSQL
+    (each test that uses it runs on both)."""
+    for key, value in database_env.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("SKYJOBS_LAUNCH_BACKOFF_INITIAL", "0.05")
     monkeypatch.setenv("SKYJOBS_LAUNCH_BACKOFF_MAX", "0.1")
     monkeypatch.setenv("SKYJOBS_MAX_LAUNCH_ROUNDS", "2")

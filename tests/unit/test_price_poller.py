@@ -21,8 +21,8 @@ def task(resources: dict[str, object]) -> dict[str, object]:
 
 
 async def test_each_task_is_matched_once_and_ended_jobs_drop_out(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = st.Store(tmp_path / "db.sqlite")
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_target: Path | str) -> None:
+    store = st.Store(store_target)
     provider = LocalProvider(tmp_path / "cloud")
     try:
         catalog = Catalog.for_clouds(["local"])

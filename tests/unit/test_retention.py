@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,10 @@ def rows(db: st.SyncStore) -> dict[str, int]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> st.SyncStore:
-    return st.SyncStore(tmp_path / "s.db", hooks={"h": frozenset({"succeeded"})})
+def db(store_target: Path | str) -> Iterator[st.SyncStore]:
+    store = st.SyncStore(store_target, hooks={"h": frozenset({"succeeded"})})
+    yield store
+    store.close()
 
 
 def test_only_old_ended_released_jobs_go_and_the_cost_totals_stay(db: st.SyncStore) -> None:
@@ -84,12 +87,18 @@ def test_a_failure_inside_the_sweep_rolls_the_whole_batch_back(db: st.SyncStore)
         age(db, job, 40)
     before = rows(db)
     # A trigger makes the last delete fail, as a crash at that point would: nothing is gone.
-    db.conn.execute("CREATE TEMP TRIGGER boom BEFORE DELETE ON jobs BEGIN "
-                    "SELECT RAISE(ABORT, 'boom'); END")
+    if db.d.name == "sqlite":
+        db.conn.execute("CREATE TEMP TRIGGER boom BEFORE DELETE ON jobs BEGIN "
+                        "SELECT RAISE(ABORT, 'boom'); END")
+    else:
+        db.conn.execute("CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS"
+                        " $$ BEGIN RAISE EXCEPTION 'boom'; END $$;"
+                        " CREATE TRIGGER boom BEFORE DELETE ON jobs"
+                        " FOR EACH ROW EXECUTE FUNCTION boom()")
     with pytest.raises(Exception, match="boom"):
         db.gc_jobs(time.time() - 30 * DAY, limit=100)
     assert rows(db) == before
-    db.conn.execute("DROP TRIGGER boom")
+    db.conn.execute("DROP TRIGGER boom" + ("" if db.d.name == "sqlite" else " ON jobs"))
     assert db.gc_jobs(time.time() - 30 * DAY, limit=100).job_ids == jobs
 
 
@@ -107,10 +116,11 @@ def test_delivered_webhook_rows_and_faded_zone_events_go(db: st.SyncStore) -> No
     assert db.get_job(job).status == st.SUCCEEDED  # the job itself is recent: kept
 
 
-def test_sweep_removes_logs_and_archives_nothing_else_uses(tmp_path: Path) -> None:
+def test_sweep_removes_logs_and_archives_nothing_else_uses(tmp_path: Path,
+                                                           store_target: Path | str) -> None:
     state = tmp_path / "state"
     (state / "archives").mkdir(parents=True)
-    store = st.Store(state / "s.db")
+    store = st.Store(store_target)
     s = store.sync
     shared, alone, orphan, fresh_orphan, pending = "a" * 64, "b" * 64, "c" * 64, "d" * 64, \
         "e" * 64

@@ -101,8 +101,8 @@ def test_notices_arriving_together_share_a_transaction_and_each_moves_its_job(
     assert 1 <= calls < 40
 
 
-def test_one_bad_notice_in_a_batch_is_refused_alone(tmp_path: Path) -> None:
-    db = st.SyncStore(tmp_path / "s.db")
+def test_one_bad_notice_in_a_batch_is_refused_alone(store_target: Path | str) -> None:
+    db = st.SyncStore(store_target)
     job = db.create_job("j", {"spec": {}}, False, "sky")
     a = db.begin_attempt(job, _placement(), 1, "sjx", "first")
     db.transition(job, st.RUNNING, "running")
@@ -112,6 +112,7 @@ def test_one_bad_notice_in_a_batch_is_refused_alone(tmp_path: Path) -> None:
                                    (_placement(), "preemption", 1.0))])
     assert isinstance(out[0], Exception) and out[1] is True
     assert db.get_job(job).status == st.RECOVERING
+    db.close()
 
 
 def test_log_appends_are_batched_idempotent_and_fail_alone(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,30 @@ from skyjobs.pricing.catalog import Placement, load_cloud
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> st.SyncStore:
-    return st.SyncStore(tmp_path / "s.db")
+def db(store_target: Path | str) -> Iterator[st.SyncStore]:
+    store = st.SyncStore(store_target)
+    yield store
+    store.close()
+
+
+def table_names(db: st.SyncStore) -> set[str]:
+    if db.d.name == "sqlite":
+        sql = "SELECT name FROM sqlite_master WHERE type='table'"
+    else:
+        sql = ("SELECT table_name FROM information_schema.tables"
+               " WHERE table_schema = current_schema()")
+    return {r[0] for r in db.conn.execute(sql)}
+
+
+def set_schema_version(db: st.SyncStore, version: int) -> None:
+    """Pretend the store was migrated to ``version`` (older or newer than the code)."""
+    if db.d.name == "sqlite":
+        db.conn.execute(f"PRAGMA user_version = {version}")
+        return
+    db.conn.execute("DELETE FROM schema_migrations WHERE version > ?", (version,))
+    db.conn.execute("INSERT INTO schema_migrations(version, applied_at)"
+                    " SELECT v, 0 FROM generate_series(1, ?) AS v ON CONFLICT DO NOTHING",
+                    (version,))
 
 
 def placement() -> Placement:
@@ -122,17 +144,16 @@ def test_notice_for_a_cancelling_job_is_recorded_but_does_not_move_it(db: st.Syn
     assert db.get_attempt(a.id).notice_at == 10.0
 
 
-def test_migrations_build_the_schema_from_scratch_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "m.db"
+def test_migrations_build_the_schema_from_scratch_and_reopen(store_target: Path | str) -> None:
+    path = store_target
     first = st.SyncStore(path)
     assert first.schema_version() == len(st.MIGRATIONS)
     job = first.create_job("j", {"spec": {"a": 1}}, False, "sky")
     first.close()
     again = st.SyncStore(path)  # reopening runs no migration twice and keeps the data
     assert again.get_job(job).task == {"spec": {"a": 1}}
-    tables = {r[0] for r in sqlite3.connect(path).execute(
-        "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"jobs", "events", "attempts", "nodes", "zone_events", "meta"} <= tables
+    assert {"jobs", "events", "attempts", "nodes", "zone_events", "meta"} <= table_names(again)
+    again.close()
 
 
 def test_every_live_state_can_reach_cancelled() -> None:
@@ -143,8 +164,8 @@ def test_every_live_state_can_reach_cancelled() -> None:
         assert st.TRANSITIONS[state] == frozenset()
 
 
-def test_cost_and_saving_come_from_the_attempt_prices(tmp_path: Path) -> None:
-    db = st.SyncStore(tmp_path / "c.db", hooks={"ops": frozenset({"all"})})
+def test_cost_and_saving_come_from_the_attempt_prices(store_target: Path | str) -> None:
+    db = st.SyncStore(store_target, hooks={"ops": frozenset({"all"})})
     job = db.create_job("j", {"spec": {}}, False, "sky")
     p = placement()  # local.cpu2 in local-a: spot $0.030/h, on-demand $0.10/h
     a = db.begin_attempt(job, p, 2, "sjx", "first")
@@ -156,6 +177,7 @@ def test_cost_and_saving_come_from_the_attempt_prices(tmp_path: Path) -> None:
                                          " LIMIT 1").fetchone()[0])
     assert payload["to"] == "RUNNING" and payload["cost_so_far"] >= 0
     assert payload["saving_so_far"] >= 0 and payload["placement"] == p.label()
+    db.close()
 
 
 def test_no_capacity_rounds_count_until_the_job_really_runs(db: st.SyncStore) -> None:
@@ -191,8 +213,8 @@ def test_usage_totals_match_a_scan_of_every_attempt(db: st.SyncStore) -> None:
     assert live.status == "launching"
 
 
-def test_the_usage_migration_backfills_ended_attempts(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def test_the_usage_migration_backfills_ended_attempts(store_target: Path | str) -> None:
+    path = store_target
     old = st.SyncStore(path)
     job = old.create_job("j", {"spec": {}}, False, "sky")
     a = old.begin_attempt(job, placement(), 1, "sjx", "try")
@@ -203,7 +225,7 @@ def test_the_usage_migration_backfills_ended_attempts(tmp_path: Path) -> None:
     old.conn.execute("DROP INDEX attempts_status")
     old.conn.execute("DROP INDEX jobs_ended")  # and the retention migration after it
     old.conn.execute("DROP INDEX outbox_job")
-    old.conn.execute(f"PRAGMA user_version = {len(st.MIGRATIONS) - 2}")
+    set_schema_version(old, len(st.MIGRATIONS) - 2)
     old.close()
     reopened = st.SyncStore(path)
     try:
@@ -233,13 +255,14 @@ def test_next_task_ends_the_finished_tasks_other_attempts_in_the_same_transactio
     assert {a.id for a in db.attempts_to_release()} == {done.id, spare.id}
 
 
-def test_a_store_from_a_newer_skyjobs_is_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    newer = st.SyncStore(path)
-    newer.conn.execute(f"PRAGMA user_version = {len(st.MIGRATIONS) + 1}")
+def test_a_store_from_a_newer_skyjobs_is_refused_untouched(store_target: Path | str) -> None:
+    newer = st.SyncStore(store_target)
+    set_schema_version(newer, len(st.MIGRATIONS) + 1)
     newer.close()
     with pytest.raises(ConfigError, match="newer than this skyjobs knows"):
-        st.SyncStore(path)
-    check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == len(st.MIGRATIONS) + 1
+        st.SyncStore(store_target)
+    check = st.SyncStore.__new__(st.SyncStore)  # read the version without migrating
+    check.d = st.SyncStore.__init__.__globals__["dialect_for"](store_target)
+    check.conn = check.d.connect()
+    assert check.schema_version() == len(st.MIGRATIONS) + 1
     check.close()

@@ -11,12 +11,14 @@ agree with the model, and a call that raised must have changed nothing at all.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as hs
@@ -31,6 +33,7 @@ from hypothesis.stateful import (
 from skyjobs.controller import store as st
 from skyjobs.exceptions import IllegalTransitionError, NotFoundError
 from skyjobs.pricing.catalog import Placement, load_cloud
+from tests import pg
 
 STATES = sorted(st.ALL_STATES)
 ATTEMPT_STATUSES = ["launching", "provisioning", "running"]
@@ -86,13 +89,19 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="skyjobs-stateful-"))
-        self.db = st.SyncStore(self.dir / "state.db", hooks=HOOKS)
+        self.schema: str | None = None
+        self.db = st.SyncStore(self.target(), hooks=HOOKS)
         self.model: dict[int, ModelJob] = {}
         self.settled: dict[int, str] = {}  # jobs seen terminal, and the state they ended in
+
+    def target(self) -> Path | str:
+        return self.dir / "state.db"
 
     def teardown(self) -> None:
         self.db.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.schema is not None:
+            pg.drop_schema(self.schema)
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -348,7 +357,23 @@ class StoreMachine(RuleBasedStateMachine):
         assert {a.id for a in self.db.attempts_to_release()} == due
 
 
+class PostgresStoreMachine(StoreMachine):
+    """The same rules on PostgreSQL, each run in a fresh schema."""
+
+    def target(self) -> Path | str:
+        pg.require()
+        self.schema = f"s_{secrets.token_hex(6)}"
+        with psycopg.connect(pg.base_url(), autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {self.schema}")
+        return pg.with_search_path(pg.base_url(), self.schema)
+
+
 StoreMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=30, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestStoreStateMachine = StoreMachine.TestCase
+# Fewer runs on PostgreSQL: each builds a schema on the server (the rules are the same).
+PostgresStoreMachine.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=30, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow])
+TestPostgresStoreStateMachine = PostgresStoreMachine.TestCase

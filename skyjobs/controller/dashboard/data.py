@@ -13,6 +13,7 @@ import yaml
 import skyjobs
 from skyjobs.controller import store as st
 from skyjobs.controller import views
+from skyjobs.controller.store.dialect import redact_url
 from skyjobs.states import EndReason
 
 if TYPE_CHECKING:
@@ -209,6 +210,11 @@ async def zones(ctl: Services) -> dict[str, Any]:
 
 # --- controller ---------------------------------------------------------------------------
 
+def _store_label(ctl: Services) -> str:
+    url = ctl.config.database_url
+    return redact_url(url) if url else str(ctl.config.db_path)
+
+
 async def controller(ctl: Services) -> dict[str, Any]:
     s = ctl.store.sync
     t0 = time.perf_counter()
@@ -216,7 +222,7 @@ async def controller(ctl: Services) -> dict[str, Any]:
     probe_ms = (time.perf_counter() - t0) * 1000
     counts = await _db(ctl, s.count_jobs)
     outbox = await _db(ctl, s.outbox_stats)
-    db = ctl.config.db_path
+    db = ctl.config.db_path  # (absent under PostgreSQL: sizes are then None)
 
     def size(path: os.PathLike[str] | str) -> int | None:
         try:
@@ -235,7 +241,7 @@ async def controller(ctl: Services) -> dict[str, Any]:
         "live": live, "live_total": sum(live.values()), "total": sum(counts.values()),
         "live_runners": len(ctl.runners),
         "webhooks": [h.name for h in ctl.config.webhooks], "outbox": outbox,
-        "store": {"path": str(db), "schema": schema, "probe_ms": probe_ms,
+        "store": {"path": _store_label(ctl), "schema": schema, "probe_ms": probe_ms,
                   "ok": probe_ms < 1000, "size": size(db), "wal_size": size(f"{db}-wal")},
         "clouds": clouds, "offerings": len(ctl.catalog.offerings),
         "memory_records": ctl.memory.recorded,

@@ -1,398 +1,88 @@
-"""The store: the only module that speaks SQL.
+"""The SQL itself: the only code that speaks SQL to the controller's database.
 
 Every state change is one transaction that compare-and-sets the job's status and writes its
-event, so a ``kill -9`` between any two statements leaves either the old state or the new
-one, never half of each. The connection has one owner: :class:`Store` runs every call on a
-single dedicated thread, so the event loop never blocks on SQLite and no two threads ever
-share the connection.
+event (and its webhook deliveries), so a ``kill -9`` between any two statements leaves either
+the old state or the new one, never half of each. Each statement is written once for SQLite
+and PostgreSQL alike; :mod:`.dialect` holds what differs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
-
-import sqlite_utils
+from typing import Any
 
 from skyjobs.controller import payloads
-from skyjobs.exceptions import (
-    ConfigError,
-    IllegalTransitionError,
-    NotFoundError,
-    SkyjobsError,
+from skyjobs.controller.store.dialect import dialect_for
+from skyjobs.controller.store.models import (
+    Attempt,
+    GcBatch,
+    Job,
+    Notice,
+    Snapshot,
+    ZoneEvent,
+    _archives,
+    _attempt,
+    _job,
+    check_transition,
+    node_hours,
 )
+from skyjobs.exceptions import IllegalTransitionError, NotFoundError, SkyjobsError
 from skyjobs.pricing.catalog import Placement
-from skyjobs.states import (
-    ALL_STATES,
-    LIVE,
-    TERMINAL,
-    TRANSITIONS,
-    AttemptStatus,
-    EndReason,
-    JobStatus,
-    NodePhase,
-)
+from skyjobs.states import LIVE, TERMINAL, EndReason, JobStatus, NodePhase
 
-T = TypeVar("T")
-P = ParamSpec("P")
-__all__ = ["ALL_STATES", "LIVE", "TERMINAL", "TRANSITIONS", "Attempt", "Job", "Snapshot",
-           "Store", "SyncStore"]
-
-# The states and the state machine live in states.py; these names are the store's own API.
+# The states by the names the store's SQL code reads best with.
 PENDING, PROVISIONING, RUNNING = JobStatus.PENDING, JobStatus.PROVISIONING, JobStatus.RUNNING
-RECOVERING, CANCELLING = JobStatus.RECOVERING, JobStatus.CANCELLING
-SUCCEEDED, FAILED, CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
-FAILED_NO_RESOURCE = JobStatus.FAILED_NO_RESOURCE
-
-
-def check_transition(job_id: int, current: str | None, target: str) -> None:
-    allowed = TRANSITIONS.get(JobStatus(current) if current is not None else None, frozenset())
-    if target not in allowed:
-        raise IllegalTransitionError(job_id, current, target)
-
-
-# Numbered migrations; a new one is appended, never edited (tests rebuild from scratch).
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        status TEXT NOT NULL,
-        task_json TEXT NOT NULL,
-        task_id TEXT NOT NULL,
-        submitted_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        ended_at REAL,
-        recovery_count INTEGER NOT NULL DEFAULT 0,
-        restart_count INTEGER NOT NULL DEFAULT 0,
-        attempt_count INTEGER NOT NULL DEFAULT 0,
-        current_attempt INTEGER,
-        exit_code INTEGER,
-        reason TEXT,
-        has_archive INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX jobs_status ON jobs(status);
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        at REAL NOT NULL,
-        kind TEXT NOT NULL,
-        from_status TEXT,
-        to_status TEXT,
-        reason TEXT,
-        exit_code INTEGER,
-        attempt INTEGER,
-        placement TEXT
-    );
-    CREATE INDEX events_job ON events(job_id, id);
-    CREATE TABLE attempts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        n INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        cloud TEXT NOT NULL,
-        region TEXT NOT NULL,
-        zone TEXT NOT NULL,
-        instance_type TEXT NOT NULL,
-        use_spot INTEGER NOT NULL,
-        price_per_hour REAL NOT NULL,
-        num_nodes INTEGER NOT NULL,
-        instance_ids TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        running_at REAL,
-        ended_at REAL,
-        end_reason TEXT,
-        exit_code INTEGER,
-        notice_at REAL,
-        notice_deadline REAL,
-        released INTEGER NOT NULL DEFAULT 0,
-        UNIQUE(job_id, n)
-    );
-    CREATE INDEX attempts_unreleased ON attempts(released, status);
-    CREATE TABLE nodes (
-        attempt_id INTEGER NOT NULL REFERENCES attempts(id),
-        rank INTEGER NOT NULL,
-        phase TEXT NOT NULL,
-        exit_code INTEGER,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (attempt_id, rank)
-    );
-    CREATE TABLE zone_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        cloud TEXT NOT NULL,
-        region TEXT NOT NULL,
-        zone TEXT NOT NULL,
-        instance_type TEXT NOT NULL,
-        use_spot INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        at REAL NOT NULL,
-        value REAL
-    );
-    CREATE INDEX zone_events_at ON zone_events(at);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    """
-    CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        event_id INTEGER NOT NULL REFERENCES events(id),
-        hook TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_at REAL NOT NULL,
-        delivered_at REAL,
-        last_error TEXT,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX outbox_pending ON outbox(delivered_at, job_id, hook, id);
-    """,
-    """
-    CREATE TABLE prices (
-        cloud TEXT NOT NULL,
-        region TEXT NOT NULL,
-        zone TEXT NOT NULL,
-        instance_type TEXT NOT NULL,
-        price REAL NOT NULL,
-        observed_at REAL NOT NULL,
-        PRIMARY KEY (cloud, region, zone, instance_type)
-    );
-    """,
-    """
-    ALTER TABLE attempts ADD COLUMN ondemand_price REAL;
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN launch_rounds INTEGER NOT NULL DEFAULT 0;
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN array_id INTEGER;
-    ALTER TABLE jobs ADD COLUMN array_rank INTEGER;
-    CREATE INDEX jobs_array ON jobs(array_id);
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN task_index INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE jobs ADD COLUMN task_count INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE attempts ADD COLUMN task_index INTEGER NOT NULL DEFAULT 0;
-    """,
-    # Node-hours and cost of ended attempts, kept up to date as each attempt ends (in its
-    # transaction), so a metrics scrape reads a few rows instead of every attempt ever.
-    """
-    CREATE TABLE usage_totals (
-        cloud TEXT NOT NULL,
-        zone TEXT NOT NULL,
-        instance_type TEXT NOT NULL,
-        use_spot INTEGER NOT NULL,
-        node_hours REAL NOT NULL,
-        cost REAL NOT NULL,
-        PRIMARY KEY (cloud, zone, instance_type, use_spot)
-    );
-    INSERT INTO usage_totals
-        SELECT cloud, zone, instance_type, use_spot, SUM(h), SUM(h * price_per_hour)
-        FROM (SELECT cloud, zone, instance_type, use_spot, price_per_hour,
-                     node_hours(created_at, ended_at, num_nodes, ended_at) AS h
-              FROM attempts WHERE status = 'ended')
-        GROUP BY cloud, zone, instance_type, use_spot;
-    CREATE INDEX attempts_status ON attempts(status);
-    """,
-    # The retention sweep finds ended jobs by when they ended, and their webhook rows.
-    """
-    CREATE INDEX jobs_ended ON jobs(ended_at);
-    CREATE INDEX outbox_job ON outbox(job_id);
-    """,
-]
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    name: str
-    status: JobStatus
-    task: dict[str, Any]
-    task_id: str
-    submitted_at: float
-    updated_at: float
-    ended_at: float | None
-    recovery_count: int
-    restart_count: int
-    attempt_count: int
-    current_attempt: int | None
-    exit_code: int | None
-    reason: str | None
-    has_archive: bool
-    launch_rounds: int  # rounds in a row in which no candidate had capacity
-    array_id: int | None  # a job array (submit --num-jobs): the id of its first job
-    array_rank: int | None  # this job's SKYPILOT_JOB_RANK in the array
-    task_index: int  # a pipeline's task now running (0-based); 0 for a one-task job
-    task_count: int
-
-
-    def task_entry(self, index: int | None = None) -> dict[str, Any]:
-        """One task of the job as stored: {"spec", "archive", "local_mounts"}. A pipeline
-        keeps one per task under "tasks"; a one-task job is its own entry."""
-        tasks = self.task.get("tasks")
-        if not tasks:
-            return self.task
-        return dict(tasks[self.task_index if index is None else index])
-
-
-@dataclass(frozen=True)
-class Attempt:
-    id: int
-    job_id: int
-    n: int
-    status: AttemptStatus
-    cloud: str
-    region: str
-    zone: str
-    instance_type: str
-    use_spot: bool
-    price_per_hour: float
-    num_nodes: int
-    instance_ids: list[str]
-    created_at: float
-    running_at: float | None
-    ended_at: float | None
-    end_reason: EndReason | None
-    exit_code: int | None
-    notice_at: float | None
-    notice_deadline: float | None
-    released: bool
-    ondemand_price: float | None  # what the same node-hours cost on-demand, for the saving
-    task_index: int  # which of its pipeline's tasks this attempt runs
-
-    def node_hours(self, until: float) -> float:
-        return node_hours(self.created_at, self.ended_at, self.num_nodes, until)
-
-    def cost(self, until: float) -> float:
-        """Paid from launch to end (or ``until``): clouds bill from the launch request."""
-        return self.node_hours(until) * self.price_per_hour
-
-    def on_demand_cost(self, until: float) -> float:
-        return self.node_hours(until) * (self.ondemand_price or self.price_per_hour)
-
-    def placement_label(self) -> str:
-        kind = "spot" if self.use_spot else "on-demand"
-        return f"{self.cloud}/{self.zone}/{self.instance_type}/{kind}"
-
-
-def node_hours(created_at: float, ended_at: float | None, num_nodes: int,
-               until: float) -> float:
-    """Node-hours billed from launch to end (or ``until``): clouds bill from the launch
-    request. The one cost formula: Python callers and the store's SQL (as the SQL function
-    ``node_hours``) both use it."""
-    end = ended_at if ended_at is not None else until
-    return max(0.0, min(end, until) - created_at) / 3600.0 * num_nodes
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    job: Job
-    attempts: list[Attempt]
-    current: Attempt | None
-    nodes: dict[int, tuple[NodePhase, int | None]]
-
-    @property
-    def task_attempts(self) -> list[Attempt]:
-        """The attempts of the task now running (a pipeline's earlier tasks are done)."""
-        return [a for a in self.attempts if a.task_index == self.job.task_index]
-
-
-ZoneEvent = tuple[Placement, str, float]  # (placement, kind, value) for preemption memory
-# notice_and_recover's arguments: (job_id, attempt_id, at, deadline, info, zone_event)
-Notice = tuple[int, int, float, float, str, ZoneEvent]
-
-
-@dataclass(frozen=True)
-class GcBatch:
-    job_ids: list[int]
-    archives: set[str]  # digests the removed jobs referenced
-    counts: dict[str, int]  # rows removed per table
-
-
-def _archives(task: dict[str, Any]) -> list[str]:
-    """The archive digests a stored task references (one per pipeline task)."""
-    entries = task.get("tasks") or [task]
-    return [e["archive"] for e in entries if isinstance(e, dict) and e.get("archive")]
-
-
-def _job(row: sqlite3.Row) -> Job:
-    d = dict(row)
-    d["task"] = json.loads(d.pop("task_json"))
-    d["has_archive"] = bool(d["has_archive"])
-    d["status"] = JobStatus(d["status"])
-    return Job(**d)
-
-
-def _attempt(row: sqlite3.Row) -> Attempt:
-    d = dict(row)
-    d["instance_ids"] = json.loads(d["instance_ids"])
-    d["use_spot"] = bool(d["use_spot"])
-    d["released"] = bool(d["released"])
-    d["status"] = AttemptStatus(d["status"])
-    d["end_reason"] = EndReason(d["end_reason"]) if d["end_reason"] is not None else None
-    return Attempt(**d)
+RECOVERING = JobStatus.RECOVERING
+Conn = Any  # Conn or dialect.PostgresConnection: the same face
 
 
 class SyncStore:
     """The SQL itself. Not thread-safe by design: use it only through :class:`Store`."""
 
-    def __init__(self, path: Path, hooks: dict[str, frozenset[str]] | None = None) -> None:
+    def __init__(self, target: Path | str,
+                 hooks: dict[str, frozenset[str]] | None = None) -> None:
+        """``target``: the SQLite file, or a ``postgresql://`` URL."""
         # Webhook name -> the event names it wants; deliveries are queued per transition.
         self.hooks = hooks or {}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.create_function("node_hours", 4, node_hours, deterministic=True)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        self.d = dialect_for(target)
+        self.conn: Conn = self.d.connect()
+        try:
+            self.d.migrate(self.conn)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+    def _tx(self) -> Iterator[Conn]:
+        self.conn.execute(self.d.begin)
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - the connection died: the server rolled back
+                pass
             raise
         self.conn.execute("COMMIT")
 
-    def _migrate(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            # A newer skyjobs migrated this store: this code would misread what it added.
-            self.conn.close()
-            raise ConfigError(f"the store's schema is version {version}, newer than this "
-                              f"skyjobs knows ({len(MIGRATIONS)}): upgrade skyjobs to run "
-                              "on it")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            # executescript commits on its own, so the version bump rides inside the script.
-            self.conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-
     def schema_version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        return self.d.schema_version(self.conn)
 
     # --- meta ------------------------------------------------------------------------------
 
     def get_or_set_meta(self, key: str, default: str) -> str:
         with self._tx() as c:
-            row = c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-            if row:
-                return str(row[0])
-            c.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (key, default))
-            return default
+            # (Two controllers may set it at once: the first to commit wins for both.)
+            c.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                      (key, default))
+            return str(c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -409,9 +99,9 @@ class SyncStore:
             for rank in range(count):
                 cur = c.execute(
                     "INSERT INTO jobs(name, status, task_json, task_id, submitted_at,"
-                    " updated_at, has_archive) VALUES (?, ?, ?, '', ?, ?, ?)",
+                    " updated_at, has_archive) VALUES (?, ?, ?, '', ?, ?, ?) RETURNING id",
                     (name, PENDING, json.dumps(task), now, now, int(has_archive)))
-                job_id = int(cur.lastrowid or 0)
+                job_id = int(cur.fetchone()[0])
                 ids.append(job_id)
                 array = (ids[0], rank) if count > 1 else (None, None)
                 c.execute("UPDATE jobs SET task_id=?, array_id=?, array_rank=?, task_count=?"
@@ -474,20 +164,21 @@ class SyncStore:
                                  tuple(LIVE)).fetchall()
         return [r[0] for r in rows]
 
-    def _event(self, c: sqlite3.Connection, job_id: int, kind: str, frm: str | None,
+    def _event(self, c: Conn, job_id: int, kind: str, frm: str | None,
                to: str | None, reason: str | None, exit_code: int | None = None,
                attempt: int | None = None, placement: str | None = None,
                now: float | None = None) -> None:
         at = now or time.time()
         cur = c.execute(
             "INSERT INTO events(job_id, at, kind, from_status, to_status, reason, exit_code,"
-            " attempt, placement) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " attempt, placement) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (job_id, at, kind, frm, to, reason, exit_code, attempt, placement))
+        event_id = int(cur.fetchone()[0])
         if kind == "transition" and self.hooks:
-            self._enqueue(c, int(cur.lastrowid or 0), job_id, frm, to, reason, exit_code,
+            self._enqueue(c, event_id, job_id, frm, to, reason, exit_code,
                           attempt, placement, at)
 
-    def _enqueue(self, c: sqlite3.Connection, event_id: int, job_id: int, frm: str | None,
+    def _enqueue(self, c: Conn, event_id: int, job_id: int, frm: str | None,
                  to: str | None, reason: str | None, exit_code: int | None,
                  attempt: int | None, placement: str | None, at: float) -> None:
         """Queue webhook deliveries in the transition's own transaction: a transition is
@@ -499,7 +190,7 @@ class SyncStore:
             "SELECT COALESCE(SUM(h * price_per_hour), 0),"
             " COALESCE(SUM(h * COALESCE(ondemand_price, price_per_hour)), 0) FROM"
             " (SELECT node_hours(created_at, ended_at, num_nodes, ?) AS h, price_per_hour,"
-            " ondemand_price FROM attempts WHERE job_id=?)", (at, job_id)).fetchone()
+            " ondemand_price FROM attempts WHERE job_id=?) AS spent", (at, job_id)).fetchone()
         if placement is None:
             row = c.execute("SELECT cloud, zone, instance_type, use_spot, n FROM attempts"
                             " WHERE job_id=? ORDER BY n DESC LIMIT 1", (job_id,)).fetchone()
@@ -553,19 +244,24 @@ class SyncStore:
             " cost FROM usage_totals UNION ALL SELECT cloud, zone, instance_type, use_spot, h,"
             " h * price_per_hour FROM (SELECT cloud, zone, instance_type, use_spot,"
             " price_per_hour, node_hours(created_at, ended_at, num_nodes, ?) AS h"
-            " FROM attempts WHERE status IN ('launching', 'provisioning', 'running')))"
+            " FROM attempts WHERE status IN ('launching', 'provisioning', 'running'))"
+            " AS open_attempts) AS offerings"
             " GROUP BY cloud, zone, instance_type, use_spot", (now,)).fetchall()
         return [dict(r) for r in rows]
 
     def outbox_stats(self) -> dict[str, int]:
         row = self.conn.execute(
-            "SELECT COUNT(*) AS backlog, COALESCE(SUM(attempts > 0), 0) AS retrying"
+            "SELECT COUNT(*) AS backlog, COALESCE(SUM(CASE WHEN attempts > 0"
+            " THEN 1 ELSE 0 END), 0) AS retrying"
             " FROM outbox WHERE delivered_at IS NULL").fetchone()
         return {"backlog": int(row["backlog"]), "retrying": int(row["retrying"])}
 
-    def _cas(self, c: sqlite3.Connection, job_id: int, target: str, expect: frozenset[str] | None,
+    def _cas(self, c: Conn, job_id: int, target: str, expect: frozenset[str] | None,
              updates: dict[str, Any], now: float) -> str:
-        row = c.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
+        # The job's row stays locked to commit: writers of one job take turns (PostgreSQL;
+        # SQLite has one writer anyway), so its events' ids follow commit order.
+        row = c.execute("SELECT status FROM jobs WHERE id=?" + self.d.for_update,
+                        (job_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"job {job_id} does not exist")
         current = row[0]
@@ -622,8 +318,8 @@ class SyncStore:
         """
         now = time.time()
         with self._tx() as c:
-            job = c.execute("SELECT status, attempt_count, task_index FROM jobs WHERE id=?",
-                            (job_id,)).fetchone()
+            job = c.execute("SELECT status, attempt_count, task_index FROM jobs WHERE id=?"
+                            + self.d.for_update, (job_id,)).fetchone()
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
             n = job["attempt_count"] + 1
@@ -631,12 +327,13 @@ class SyncStore:
             cur = c.execute(
                 "INSERT INTO attempts(job_id, n, status, cloud, region, zone, instance_type,"
                 " use_spot, price_per_hour, num_nodes, instance_ids, created_at, ondemand_price,"
-                " task_index) VALUES (?, ?, 'launching', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " task_index) VALUES (?, ?, 'launching', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
                 (job_id, n, placement.cloud, placement.region, placement.zone,
                  placement.instance_type, int(placement.use_spot), placement.price_per_hour,
                  num_nodes, json.dumps(ids), now, placement.offering.ondemand_price,
                  job["task_index"]))
-            attempt_id = int(cur.lastrowid or 0)
+            attempt_id = int(cur.fetchone()[0])
             updates = {"attempt_count": n, "current_attempt": attempt_id}
             if job["status"] == PROVISIONING:
                 c.execute("UPDATE jobs SET attempt_count=?, current_attempt=?, updated_at=?"
@@ -652,7 +349,7 @@ class SyncStore:
         return _attempt(row)
 
     @staticmethod
-    def _attempt_row(c: sqlite3.Connection, job_id: int, attempt_id: int) -> sqlite3.Row:
+    def _attempt_row(c: Conn, job_id: int, attempt_id: int) -> Any:
         """The attempt, which must be one of this job's: a write through the wrong job's
         id would move one job on another's instances."""
         row = c.execute("SELECT * FROM attempts WHERE id=?", (attempt_id,)).fetchone()
@@ -660,14 +357,14 @@ class SyncStore:
             raise NotFoundError(f"job {job_id} has no attempt {attempt_id}")
         return row
 
-    @staticmethod
-    def _require_job(c: sqlite3.Connection, job_id: int) -> sqlite3.Row:
-        row = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    def _require_job(self, c: Conn, job_id: int) -> Any:
+        row = c.execute("SELECT * FROM jobs WHERE id=?" + self.d.for_update,
+                        (job_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"job {job_id} does not exist")
         return row
 
-    def _end_attempt(self, c: sqlite3.Connection, job_id: int, attempt_id: int,
+    def _end_attempt(self, c: Conn, job_id: int, attempt_id: int,
                      end_reason: str, exit_code: int | None, now: float) -> tuple[int, str]:
         row = self._attempt_row(c, job_id, attempt_id)
         end_reason = EndReason(end_reason)  # a reason outside the enum is a bug: fail here
@@ -677,9 +374,10 @@ class SyncStore:
                       " WHERE id=?", (now, end_reason, exit_code, attempt_id))
             hours = node_hours(a.created_at, now, a.num_nodes, now)
             c.execute("INSERT INTO usage_totals(cloud, zone, instance_type, use_spot,"
-                      " node_hours, cost) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
-                      " node_hours = node_hours + excluded.node_hours,"
-                      " cost = cost + excluded.cost",
+                      " node_hours, cost) VALUES (?, ?, ?, ?, ?, ?)"
+                      " ON CONFLICT(cloud, zone, instance_type, use_spot) DO UPDATE SET"
+                      " node_hours = usage_totals.node_hours + excluded.node_hours,"
+                      " cost = usage_totals.cost + excluded.cost",
                       (a.cloud, a.zone, a.instance_type, int(a.use_spot), hours,
                        hours * a.price_per_hour))
         return a.n, a.placement_label()
@@ -734,7 +432,7 @@ class SyncStore:
                 c.execute("RELEASE notice")
         return out
 
-    def _notice(self, c: sqlite3.Connection, job_id: int, attempt_id: int, at: float,
+    def _notice(self, c: Conn, job_id: int, attempt_id: int, at: float,
                 deadline: float, info: str, zone_event: ZoneEvent) -> bool:
         self._attempt_row(c, job_id, attempt_id)
         cur = c.execute("UPDATE attempts SET notice_at=?, notice_deadline=? WHERE id=?"
@@ -974,7 +672,7 @@ class SyncStore:
     # --- preemption memory -----------------------------------------------------------------
 
     @staticmethod
-    def _zone_event(c: sqlite3.Connection, p: Placement, kind: str, value: float,
+    def _zone_event(c: Conn, p: Placement, kind: str, value: float,
                     now: float) -> None:
         c.execute("INSERT INTO zone_events(cloud, region, zone, instance_type, use_spot,"
                   " kind, at, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -984,7 +682,8 @@ class SyncStore:
     def save_prices(self, rows: list[tuple[str, str, str, str, float, float]]) -> None:
         with self._tx() as c:
             c.executemany("INSERT INTO prices(cloud, region, zone, instance_type, price,"
-                          " observed_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                          " observed_at) VALUES (?, ?, ?, ?, ?, ?)"
+                          " ON CONFLICT(cloud, region, zone, instance_type) DO UPDATE SET"
                           " price=excluded.price, observed_at=excluded.observed_at"
                           " WHERE excluded.observed_at >= prices.observed_at", rows)
 
@@ -1021,7 +720,7 @@ class SyncStore:
         if name_contains:
             escaped = (name_contains.replace("\\", "\\\\").replace("%", "\\%")
                        .replace("_", "\\_"))
-            where.append("name LIKE ? ESCAPE '\\'")
+            where.append(f"name {self.d.like_ci} ? ESCAPE '\\'")
             args.append(f"%{escaped}%")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         total = int(self.conn.execute(f"SELECT COUNT(*) FROM jobs {clause}",
@@ -1040,110 +739,3 @@ class SyncStore:
             " GROUP BY cloud, region, zone, instance_type, use_spot, kind", (since,)).fetchall()
         return [dict(r) for r in rows]
 
-
-# --- inspection (skyjobs db): read-only, through sqlite-utils ---------------------------------
-#
-# sqlite-utils is the tool for looking at a SQLite file (tables, counts, rows as dicts); the
-# controller's own reads and writes stay plain SQL above, which is also what the PostgreSQL
-# store will share with this one.
-
-SECRET_MARK = "<redacted>"
-
-
-def open_readonly(path: Path) -> sqlite_utils.Database:
-    """The store's file, read-only: safe next to a running controller (WAL readers never
-    block its writer)."""
-    if not path.exists():
-        raise NotFoundError(f"{path} does not exist (no controller has used this state dir)")
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    return sqlite_utils.Database(conn)
-
-
-def table_counts(db: sqlite_utils.Database) -> dict[str, int]:
-    return {name: db.table(name).count for name in db.table_names()}
-
-
-def table_rows(db: sqlite_utils.Database, table: str, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` rows of a table, task secrets redacted."""
-    if table not in db.table_names():
-        raise NotFoundError(f"no table {table!r} (tables: {', '.join(db.table_names())})")
-    rows = list(db.table(table).rows_where(order_by="rowid DESC", limit=limit))
-    if table == "jobs":
-        for row in rows:
-            row["task_json"] = json.dumps(_redact(json.loads(row["task_json"])))
-    return rows
-
-
-def _redact(task: dict[str, Any]) -> dict[str, Any]:
-    spec = task.get("spec") or {}
-    secrets = spec.get("secrets") or {}
-    return {**task, "spec": {**spec, "secrets": {k: SECRET_MARK for k in secrets}}}
-
-
-class Store:
-    """Async facade: every call runs on the store's one thread, in submission order.
-
-    Calls made in the same turn of the event loop go to the thread together, and their
-    results come back together: at thousands of agents, one thread hand-off per call (a
-    future, a lock, a wake-up of the loop, and the GIL going back and forth) cost more than
-    the SQL. Each call is still its own transaction; a call whose caller was cancelled
-    before it started is skipped."""
-
-    BATCH = 64  # calls per hand-off: bounds how long the first caller of a batch waits
-
-    def __init__(self, path: Path, hooks: dict[str, frozenset[str]] | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyjobs-store")
-        self.sync = self._pool.submit(SyncStore, path, hooks).result()
-        self._queued: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._handoff_loop: asyncio.AbstractEventLoop | None = None  # a hand-off is due there
-        self.handoffs = 0  # batches handed to the thread (tests and benchmarks read it)
-
-    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run one SyncStore method on the store's thread; typed like the method itself."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._queued.append((lambda: fn(*args, **kwargs), fut))
-        if self._handoff_loop is not loop:  # (another loop's: one that stopped, in tests)
-            self._handoff_loop = loop
-            loop.call_soon(self._hand_off, loop)
-        return await fut
-
-    def _hand_off(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._handoff_loop = None
-        queued, self._queued = self._queued, []
-        for i in range(0, len(queued), self.BATCH):
-            self.handoffs += 1
-            self._pool.submit(self._run, loop, queued[i:i + self.BATCH])
-
-    @staticmethod
-    def _run(loop: asyncio.AbstractEventLoop,
-             batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> None:
-        done: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        for work, fut in batch:
-            if fut.cancelled():  # read from this thread: at worst the call runs anyway
-                continue
-            try:
-                done.append((fut, True, work()))
-            except BaseException as err:  # noqa: BLE001 - handed to the caller, as raised
-                done.append((fut, False, err))
-        try:
-            loop.call_soon_threadsafe(Store._deliver, done)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is waiting any more
-
-    @staticmethod
-    def _deliver(done: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-        for fut, ok, value in done:
-            if fut.done():
-                continue
-            try:
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
-            except RuntimeError:
-                pass  # a future of a loop that is closed
-
-    def close(self) -> None:
-        self._pool.submit(self.sync.close).result()
-        self._pool.shutdown(wait=True)
