@@ -1,8 +1,10 @@
 """The node agent: runs one node of one attempt and keeps the controller informed.
 
-Started by the provider with ``SKYJOBS_CONTROLLER_URL``, ``SKYJOBS_ATTEMPT_ID``,
+Started by the provider with ``SKYJOBS_CONTROLLER_URLS`` (the controllers' base URLs, comma
+separated, owner first; or the single ``SKYJOBS_CONTROLLER_URL``), ``SKYJOBS_ATTEMPT_ID``,
 ``SKYJOBS_AGENT_TOKEN`` (this attempt's own credential), ``SKYJOBS_NODE_RANK`` and
-``SKYJOBS_METADATA_URL`` (the instance metadata service). It fetches its task, prepares the
+``SKYJOBS_METADATA_URL`` (the instance metadata service). It fails over between the
+controllers, and each heartbeat answer refreshes their list. It fetches its task, prepares the
 checkpoint buckets, runs ``setup`` then ``run``, heartbeats, ships logs, and watches the
 preemption notice: on a notice it tells the controller at once, signals the job so it can
 checkpoint, and uploads COPY buckets. Reports are retried until the controller takes them,
@@ -30,7 +32,7 @@ from typing import Any
 
 from skyjobs.fsutil import atomic_write
 from skyjobs.node.buckets import BucketSet, make_bucket, node_path
-from skyjobs.node.client import ControllerClient
+from skyjobs.node.client import ControllerClient, controller_urls
 from skyjobs.node.notice import NoticeWatcher
 
 FETCH_RETRY_SECONDS = 600.0
@@ -45,7 +47,7 @@ def log(msg: str) -> None:
 class Agent:
     def __init__(self, env: dict[str, str]) -> None:
         self.rank = int(env.get("SKYJOBS_NODE_RANK", "0"))
-        self.client = ControllerClient(env["SKYJOBS_CONTROLLER_URL"], env["SKYJOBS_ATTEMPT_ID"],
+        self.client = ControllerClient(controller_urls(env), env["SKYJOBS_ATTEMPT_ID"],
                                        env["SKYJOBS_AGENT_TOKEN"], self.rank)
         self.metadata_url = env.get("SKYJOBS_METADATA_URL")
         instance_dir = env.get("SKYJOBS_INSTANCE_DIR")
@@ -312,6 +314,7 @@ class Agent:
                                          timeout=GO_WAIT_SECONDS + 10 if waiting else 10)
                 if reply:
                     self._take_intervals(reply)
+                    self._take_controllers(reply)
                 if reply and reply.get("drain"):
                     self._on_drain()
                 if reply and reply.get("go"):
@@ -332,6 +335,13 @@ class Agent:
             if isinstance(value, int | float) and not isinstance(value, bool) \
                     and 0.5 <= value <= 600:
                 self.task[key] = float(value)
+
+    def _take_controllers(self, reply: dict[str, Any]) -> None:
+        """The controllers alive now, owner first: where to fail over to when the current
+        one goes away (controllers come and go; the launch's list ages)."""
+        urls = reply.get("controllers")
+        if isinstance(urls, list) and all(isinstance(u, str) for u in urls):
+            self.client.set_controllers(urls)
 
     def _log_loop(self) -> None:
         while not self.done.wait(float(self.task.get("log_interval", 1.0))):
@@ -378,6 +388,9 @@ def main() -> None:
         code = Agent(dict(os.environ)).main()
     except KeyError as err:
         log(f"missing environment variable {err}")
+        code = 2
+    except ValueError as err:  # e.g. SKYJOBS_CONTROLLER_URLS holding something not a URL
+        log(f"bad environment: {err}")
         code = 2
     except (TimeoutError, urllib.error.HTTPError) as err:
         log(f"giving up: {err}")

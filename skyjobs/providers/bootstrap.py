@@ -6,7 +6,8 @@ It writes the node's agent environment to a 0600 file, gets the agent and starts
 systemd, so the agent outlives the script.
 
 Getting the agent: by default the node downloads the controller's own node code as one
-zipapp (``/agent/v1/attempts/<id>/agent.pyz``, with the attempt's credential), checks its
+zipapp (``/agent/v1/attempts/<id>/agent.pyz``, with the attempt's credential, from the first
+of ``SKYJOBS_CONTROLLER_URLS`` or ``SKYJOBS_CONTROLLER_URL`` that serves it), checks its
 sha256 against ``SKYJOBS_AGENT_SHA256`` from this very script and runs it with the image's
 python3: no package index, nothing installed, the exact version of the controller that
 launched it. An operator's ``package_spec`` (a private index, a wheel URL) brings back a
@@ -41,9 +42,12 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", re.AS
 
 # Runs as `python3 -I - DEST SECONDS` with the agent env exported: downloads the agent,
 # refuses it unless its sha256 is the one the launch announced, installs it atomically.
-# Never prints the token; honours SKYJOBS_CA_FILE as the agent does. A 401/403/404 will not
-# change by waiting; anything else (connection refused while the controller restarts, a 5xx)
-# is retried with backoff.
+# Never prints the token; honours SKYJOBS_CA_FILE as the agent does. The controllers are
+# SKYJOBS_CONTROLLER_URLS (comma separated, owner first) or the one SKYJOBS_CONTROLLER_URL,
+# as for the agent (skyjobs.node.client.controller_urls). A 401/403/404 will not change by
+# waiting (the controllers share one database); anything else (connection refused while a
+# controller restarts, a 5xx) moves on to the next controller, and a pass over all of them
+# that got nothing is retried with backoff.
 _FETCH = '''\
 import hashlib, http.client, os, ssl, sys, time, urllib.error, urllib.request
 dest, budget = sys.argv[1], float(sys.argv[2])
@@ -51,29 +55,48 @@ env = os.environ
 want = env.get("SKYJOBS_AGENT_SHA256", "").strip().lower()
 if len(want) != 64:
     sys.exit("skyjobs-bootstrap: no SKYJOBS_AGENT_SHA256: refusing an agent it cannot check")
-url = "%s/agent/v1/attempts/%s/agent.pyz" % (env["SKYJOBS_CONTROLLER_URL"].rstrip("/"),
-                                              env["SKYJOBS_ATTEMPT_ID"])
+many = env.get("SKYJOBS_CONTROLLER_URLS", "").strip()
+bases = [b.strip().rstrip("/") for b in many.split(",")] if many else \
+    [env.get("SKYJOBS_CONTROLLER_URL", "").strip().rstrip("/")]
+bases = [b for b in bases if b]
+if not bases or any(not b.lower().startswith(("http://", "https://")) for b in bases):
+    sys.exit("skyjobs-bootstrap: SKYJOBS_CONTROLLER_URL(S): not http(s) URLs: %r" % bases)
+urls = ["%s/agent/v1/attempts/%s/agent.pyz" % (b, env["SKYJOBS_ATTEMPT_ID"]) for b in bases]
 ctx = ssl.create_default_context(cafile=env.get("SKYJOBS_CA_FILE") or None)
 # No proxy, like the agent's own connection to the controller.
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
                                      urllib.request.HTTPSHandler(context=ctx))
 auth = {"Authorization": "Bearer " + env["SKYJOBS_AGENT_TOKEN"]}
-req = urllib.request.Request(url, headers=auth)
-deadline, delay = time.monotonic() + budget, 1.0
-while True:
+
+def fetch(url):
+    """The body, or why not when another controller or a later pass may give it."""
     try:
-        with opener.open(req, timeout=30) as resp:
-            data = resp.read()
-        break
+        with opener.open(urllib.request.Request(url, headers=auth), timeout=30) as resp:
+            return resp.read()
     except urllib.error.HTTPError as err:
         if err.code in (401, 403, 404):
             sys.exit("skyjobs-bootstrap: %s: HTTP %d: giving up" % (url, err.code))
-        why = "HTTP %d" % err.code
+        return "HTTP %d" % err.code
     except (OSError, http.client.HTTPException) as err:
-        why = str(err) or type(err).__name__
+        return str(err) or type(err).__name__
+
+def fetch_any():
+    """One pass over the controllers: the first body, or the last controller's why not."""
+    for i, url in enumerate(urls):
+        got = fetch(url)
+        if isinstance(got, bytes) or i == len(urls) - 1:
+            return url, got
+        print("skyjobs-bootstrap: %s: %s; trying the next controller" % (url, got),
+              file=sys.stderr, flush=True)
+
+deadline, delay = time.monotonic() + budget, 1.0
+while True:
+    url, data = fetch_any()
+    if isinstance(data, bytes):
+        break
     if time.monotonic() + delay > deadline:
-        sys.exit("skyjobs-bootstrap: %s: %s: gave up after %.0fs" % (url, why, budget))
-    print("skyjobs-bootstrap: %s: %s; retrying in %.0fs" % (url, why, delay),
+        sys.exit("skyjobs-bootstrap: %s: %s: gave up after %.0fs" % (url, data, budget))
+    print("skyjobs-bootstrap: %s: %s; retrying in %.0fs" % (url, data, delay),
           file=sys.stderr, flush=True)
     time.sleep(delay)
     delay = min(delay * 2, 30.0)
