@@ -65,6 +65,9 @@ class ControllerConfig(BaseSettings):
     # PostgreSQL instead of the SQLite file in the state dir (postgresql://user@host/db):
     # the store several controllers share (docs/ha.md). Unset: SQLite, as always.
     database_url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
+    # Each job is run by one controller holding its lease, renewed every third of this;
+    # a controller that stops renewing loses its jobs to the others after it.
+    lease_seconds: float = Field(default=30.0, ge=3)
     host: str = "127.0.0.1"
     # The URL agents on other machines use to reach this controller (for example
     # https://10.0.0.5:8765 on a controller VM); default: the address the API binds.
@@ -125,6 +128,9 @@ class ControllerConfig(BaseSettings):
     copy_sync_interval: float = Field(default=60.0, gt=0)
     # Local provider: zones currently without spot capacity.
     local_no_spot_zones: Annotated[list[str], NoDecode] = []
+    # Local provider: where its instances live (default <state_dir>/local-cloud).
+    # Controllers sharing a database share it, as they would share a cloud account.
+    local_cloud_dir: Path | None = None
     # The local cloud served by a simulated cloud over HTTP (bench/fleet_cloud.py, the fleet
     # load generator) instead of local processes: its base URL, e.g. http://127.0.0.1:9000.
     local_backend: str | None = Field(default=None, pattern=r"^https?://")

@@ -826,12 +826,15 @@ class AgentTask(_Reply):
 class HeartbeatReply(_Reply):
     """The go gate and the drain flag; and how often to heartbeat and ship logs from now on
     (longer as the controller's fleet grows). A heartbeat of an attempt whose instances
-    are already released gets only ``go: false, drain: true``."""
+    are already released gets only ``go: false, drain: true``. ``controllers``: the
+    controllers' agent URLs, the job's owner first (several controllers on one database):
+    an agent that reached another one is sent to the owner this way."""
 
     go: bool
     drain: bool
     heartbeat_interval: float | None = None
     log_interval: float | None = None
+    controllers: list[str] | None = None
 
 
 class Ok(_Reply):

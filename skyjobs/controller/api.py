@@ -231,8 +231,9 @@ async def submit(request: web.Request) -> web.Response:
                    for spec, st_spec, archive in zip(specs, stored, encoded, strict=True)]
         task = {**entries[0], "tasks": entries} if len(entries) > 1 else entries[0]
         has_archive = any(e["archive"] for e in entries)
+        # This controller took the submit: it holds the new leases and runs the jobs.
         ids = await _db(ctl, ctl.store.sync.create_jobs, name, task, has_archive, "sky",
-                        num_jobs, len(entries))
+                        num_jobs, len(entries), ctl.member, ctl.config.lease_seconds)
     finally:
         ctl.archives_in_flight.subtract(saved)
     ctl.wake_webhooks()
@@ -598,7 +599,8 @@ async def agent_zipapp(request: web.Request) -> web.Response:
 async def agent_heartbeat(request: web.Request) -> web.Response:
     """Liveness, the go gate (a held heartbeat) and the drain flag; the answer also says
     how often to heartbeat and ship logs, which grows with the fleet (sessions)."""
-    sessions = request.app[CTL].sessions
+    ctl = request.app[CTL]
+    sessions = ctl.sessions
     attempt = await _attempt(request)
     rank_, wait = await _heartbeat_body(request)
     rank_ = _rank(rank_, attempt.num_nodes)
@@ -607,13 +609,32 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
         # would never be dropped), and a held heartbeat is never granted.
         await asyncio.sleep(min(wait, MAX_GO_WAIT))
         return web.json_response({"go": False, "drain": True})
+    redirect = await _owner_elsewhere(request.app[CTL], attempt)
+    if redirect is not None:
+        return web.json_response(redirect)
     sessions.heard(attempt.id, rank_)
     if wait > 0 and attempt.id not in sessions.go:
         await sessions.wait_go(attempt.id, wait)
     return web.json_response({"go": attempt.id in sessions.go,
                               "drain": attempt.id in sessions.drain,
                               "heartbeat_interval": sessions.heartbeat_interval(),
-                              "log_interval": sessions.log_interval()})
+                              "log_interval": sessions.log_interval(),
+                              "controllers": [ctl.agent_url, *ctl.peer_urls]})
+
+
+async def _owner_elsewhere(ctl: Services, attempt: st.Attempt) -> dict[str, Any] | None:
+    """A heartbeat for a job another controller runs (the agent failed over here, or its
+    job was taken over): the answer sends the agent to the owner, which alone holds the go
+    gate and judges silence. Reports (events, logs) are taken here and forwarded."""
+    if ctl.config.database_url is None or attempt.job_id in ctl.runners:
+        return None
+    owner, url = await _db(ctl, ctl.store.sync.owner_of, attempt.job_id)
+    if owner is None or owner == ctl.member or not url:
+        return None  # nobody holds it (yet): answer as usual
+    return {"go": False, "drain": False,
+            "heartbeat_interval": ctl.sessions.heartbeat_interval(),
+            "log_interval": ctl.sessions.log_interval(),
+            "controllers": [url, *(u for u in ctl.peer_urls if u != url)]}
 
 
 async def _heartbeat_body(request: web.Request) -> tuple[int, float]:

@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from skyjobs.controller import agent_dist, retention, sdnotify
 from skyjobs.controller import store as st
 from skyjobs.controller.duties import Duties
 from skyjobs.controller.heap import HeapKeeper
+from skyjobs.controller.leases import LeaseKeeper
 from skyjobs.controller.looplag import LoopLagMonitor
 from skyjobs.controller.messages import Message
 from skyjobs.controller.metrics import InstrumentedProvider, Metrics
@@ -94,6 +96,7 @@ class Controller:
         self._lock_fd: int | None = None
         self._http: web.AppRunner | None = None
         self._duties: Duties | None = None
+        self._keeper: LeaseKeeper | None = None
         self._side_tasks: list[asyncio.Task[Any]] = []
         self._store: st.Store | None = None
         self._store_ok_at = 0.0
@@ -140,11 +143,10 @@ class Controller:
         self._take_lock()
         for sub in ("logs", "archives", "buckets"):
             private_dir(self.state_dir / sub)
-        token = read_or_create_secret(self.state_dir / "token")
-        secret = read_or_create_secret(self.state_dir / "agent-secret").encode()
         store = self._store = st.Store(self.config.store_target, store_hooks(self.config.webhooks))
         if self.config.database_url is None:
             os.chmod(self.config.db_path, 0o600)  # an older version's, under another umask
+        token, secret = await self._secrets(store)
         # 64 bits: the orphan sweep terminates instances by this prefix, so two controllers
         # in one account must never share it (a state dir keeps the id it was given).
         cid = await store.call(store.sync.get_or_set_meta, "controller_id",
@@ -160,15 +162,17 @@ class Controller:
         self._watch(self.loop_lag.start())
         self._watch(sv.logs.start())
         await self._serve_http(sv)
-        # The agents' requests need their attempts' launch facts: read them once here, not
-        # once per agent as thousands re-attach; and until each agent has heard this
-        # controller's interval, silence is judged by the one a fleet this size was sent.
+        # Until each agent has heard this controller's interval, silence is judged by the
+        # one a fleet this size was sent.
         live = await store.call(store.sync.unreleased_attempts)
-        for attempt in live:
-            sv.sessions.remember(attempt)
         sv.sessions.assume_fleet(sum(a.num_nodes for a in live))
-        for job_id in await store.call(store.sync.live_job_ids):
-            sv.runners.start(job_id)  # re-attach to every unfinished job
+        # Resume: the jobs whose leases are ours, and a share of those nobody holds (on
+        # SQLite: every unfinished job), each re-attached as _adopt says.
+        self._keeper = keeper = LeaseKeeper(sv, self._adopt, sv.runners.stand_down)
+        sv.forward = keeper.forward
+        await keeper.start()
+        for task in keeper.tasks:
+            self._watch(task)
         # Long-lived job state out of the cyclic collector's full walks (heap.py).
         self._watch(self.heap.start())
         # The reaper finishes what a crash interrupted: attempts that ended in the store
@@ -186,6 +190,51 @@ class Controller:
                      json.dumps({"url": sv.url, "pid": os.getpid()}))
         log.info("controller started", url=sv.url, state_dir=str(self.state_dir),
                  live_jobs=len(sv.runners))
+
+    def _member_id(self) -> str:
+        """This controller's name among those sharing a store: kept in the state dir (which
+        one process at a time holds), so a restart finds its own leases still its own and
+        resumes at once instead of waiting them out."""
+        path = self.state_dir / "member"
+        try:
+            member = path.read_text().strip()
+        except FileNotFoundError:
+            member = ""
+        if not member:
+            host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:24]
+            member = f"{host or 'controller'}-{secrets.token_hex(3)}"
+            atomic_write(path, member)
+        return member
+
+    async def _secrets(self, store: st.Store) -> tuple[str, bytes]:
+        """The API token and the agents' signing secret. Controllers sharing a database
+        share both (any of them serves any agent and any user), kept in the store and
+        mirrored into the state dir for the CLI on this machine."""
+        token_file, secret_file = self.state_dir / "token", self.state_dir / "agent-secret"
+        if self.config.database_url is None:
+            return read_or_create_secret(token_file), \
+                read_or_create_secret(secret_file).encode()
+        token = await store.call(store.sync.get_or_set_meta, "api_token",
+                                 secrets.token_urlsafe(32))
+        secret = await store.call(store.sync.get_or_set_meta, "agent_secret",
+                                  secrets.token_urlsafe(32))
+        for path, value in ((token_file, token), (secret_file, secret)):
+            if not path.exists() or path.read_text().strip() != value:
+                atomic_write(path, value)
+        return token, secret.encode()
+
+    async def _adopt(self, job_ids: list[int]) -> None:
+        """Run jobs whose leases just became ours: a restart's resume, a takeover, a job
+        assigned here. The agents' requests need their attempts' launch facts: read them
+        here, once, not once per agent as thousands re-attach."""
+        sv = self.services
+        store = sv.store
+        for attempt in await store.call(store.sync.unreleased_attempts, job_ids):
+            sv.sessions.remember(attempt)
+        for job in sorted(await store.call(store.sync.jobs_by_id, job_ids), key=lambda j: j.id):
+            if job.status in st.LIVE:
+                sv.runners.start(job.id)  # re-attach, or recover what vanished meanwhile
+        sv.reaper.wake()  # ended ones with instances left: the reaper's
 
     def _wire(self, store: st.Store, token: str, secret: bytes, prefix: str,
               memory: PreemptionMemory, prices: PriceBook,
@@ -206,13 +255,15 @@ class Controller:
                 keeper.forget(attempt.instance_ids)
             runners.post(attempt.job_id, Message(MessageKind.WAKE))
 
+        member = self._member_id()
         reaper = Reaper(store, self.providers, on_released=released,
-                        on_failure=self.metrics.release_failure)
+                        on_failure=self.metrics.release_failure, member=member)
         sv = Services(config=self.config, store=store, catalog=self.catalog,
                       providers=self.providers, memory=memory, price_book=prices,
                       metrics=self.metrics, sessions=sessions, reaper=reaper, runners=runners,
                       webhooks=webhooks, token=token, instance_prefix=prefix,
-                      agent_dist=dist)
+                      agent_dist=dist, member=member, host=socket.gethostname(),
+                      pid=os.getpid())
         holder.append(sv)
         runners.attach(sv)
         self.metrics.watch_sizes(lambda: {
@@ -290,7 +341,8 @@ class Controller:
                 # fleet load generator, bench/fleet_cloud.py) instead of local processes.
                 self.providers[cloud] = RemoteProvider(self.config.local_backend)
             elif cloud == "local":
-                self.providers[cloud] = LocalProvider(self.state_dir / "local-cloud",
+                self.providers[cloud] = LocalProvider(self.config.local_cloud_dir or
+                                                      self.state_dir / "local-cloud",
                                                       self.config.local_no_spot_zones)
             elif cloud == "aws":
                 self.providers[cloud] = self._make_aws()
@@ -418,6 +470,8 @@ class Controller:
             # Before the store closes; what is not delivered stays queued for the next start.
             await sv.webhooks.stop(grace=min(2.0, grace))
             await sv.runners.stop(grace)
+            if self._keeper is not None:
+                await self._keeper.stop()  # after the runners: no write follows the hand-back
         for provider in self.providers.values():
             await provider.close()
         if self._store is not None:

@@ -35,7 +35,7 @@ class InstanceMonitor:
         # Statuses from the store, launch facts from memory: a round decodes no rows but
         # those of attempts launched by an earlier controller (once).
         states = {i: AttemptStatus(s)
-                  for i, s in await sv.store.call(sv.store.sync.live_attempt_states)
+                  for i, s in await sv.store.call(sv.store.sync.live_attempt_states, sv.member)
                   if s in (AttemptStatus.PROVISIONING, AttemptStatus.RUNNING)}
         attempts = [a for a in await sv.sessions.attempts(list(states))
                     if a.job_id in sv.runners]

@@ -47,8 +47,12 @@ class _Backoff:
 class Reaper:
     def __init__(self, store: st.Store, providers: Mapping[str, Provider], *,
                  on_released: Callable[[st.Attempt], None],
-                 on_failure: Callable[[], None] | None = None) -> None:
+                 on_failure: Callable[[], None] | None = None,
+                 member: str | None = None) -> None:
+        """``member``: release only the attempts of jobs this controller holds leases of
+        (the others' reapers release theirs)."""
         self.store = store
+        self.member = member
         self.providers = providers
         self.on_released = on_released
         self.on_failure = on_failure or (lambda: None)
@@ -159,7 +163,8 @@ class Reaper:
         # Only retries scheduled before the read can be judged by it: one scheduled while
         # it ran (a direct release that failed) is for an attempt the read may not show yet.
         scheduled = set(self._backoff)
-        todo = await self.store.call(self.store.sync.attempts_to_release)
+        todo = await self.store.call(self.store.sync.attempts_to_release, self.member) \
+            if self.member else await self.store.call(self.store.sync.attempts_to_release)
         known = {a.id for a in todo}
         for gone in [i for i in scheduled if i not in known and i in self._backoff]:
             del self._backoff[gone]  # released by someone else meanwhile

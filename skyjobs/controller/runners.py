@@ -16,7 +16,13 @@ import structlog
 
 from skyjobs.controller.messages import Message
 from skyjobs.controller.runner import JobRunner
-from skyjobs.exceptions import IllegalTransitionError, ProviderError
+from skyjobs.controller.store.leases import FENCE
+from skyjobs.exceptions import (
+    IllegalTransitionError,
+    LeaseLostError,
+    ProviderError,
+    StoreUnavailableError,
+)
 from skyjobs.states import JobStatus
 
 if TYPE_CHECKING:
@@ -57,15 +63,41 @@ class Runners:
         runner = self.jobs.get(job_id)
         if runner is not None:
             runner.post(msg)
+        elif self._services is not None:  # another controller runs it (or none: dropped)
+            self._services.forward(job_id, msg)
+
+    def stand_down(self, job_id: int) -> None:
+        """This controller no longer holds the job's lease: stop its runner without
+        touching the job (its state is in the store, for the new owner)."""
+        task = self.tasks.get(job_id)
+        if task is not None:
+            task.cancel()
 
     async def _run(self, runner: JobRunner) -> None:
         crashes = provider_errors = 0
+        sv = self._services
+        assert sv is not None
         try:
+            try:
+                # A token of its own for this runner: every write it makes is fenced by it,
+                # so it never overwrites a controller that took the job over (store.leases).
+                FENCE.set(await sv.store.call(sv.store.sync.own_job, sv.member,
+                                              runner.job_id))
+            except (LeaseLostError, StoreUnavailableError) as err:
+                self._hand_over(runner, err)  # (the lease keeper retries an idle lease)
+                return
             while True:
                 started = time.monotonic()
                 try:
                     await runner.run()
                     return
+                except LeaseLostError as err:
+                    self._hand_over(runner, err)
+                    return
+                except StoreUnavailableError as err:
+                    stable = time.monotonic() - started > RUNNER_STABLE_AFTER
+                    provider_errors = 1 if stable else provider_errors + 1
+                    runner.log.warning("store unavailable; retrying", error=str(err))
                 except ProviderError as err:
                     stable = time.monotonic() - started > RUNNER_STABLE_AFTER
                     provider_errors = 1 if stable else provider_errors + 1
@@ -83,6 +115,14 @@ class Runners:
         finally:
             self.jobs.pop(runner.job_id, None)
             self.tasks.pop(runner.job_id, None)
+
+    def _hand_over(self, runner: JobRunner, err: Exception) -> None:
+        """Stand down: what was still in the inbox goes to the job's owner."""
+        runner.log.warning("not this controller's job (any more): standing down",
+                           error=str(err))
+        self.jobs.pop(runner.job_id, None)
+        while not runner.inbox.empty():
+            self.post(runner.job_id, runner.inbox.get_nowait())
 
     async def _fail_crashed_job(self, job_id: int, err: Exception, crashes: int) -> None:
         """End a job whose runner keeps crashing; the reaper releases its instances."""

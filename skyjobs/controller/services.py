@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +61,14 @@ class Services:
     # nodes download it and check it against the sha256 their launch carries.
     agent_dist: AgentDist
     url: str = ""  # where this controller serves (set once the HTTP site is up)
+    member: str = "local"  # this controller among those sharing the store (its leases' owner)
+    host: str = ""
+    pid: int = 0
+    # Forwards a report for a job this controller does not run to the one that does.
+    forward: Callable[[int, Message], None] = field(default=lambda job_id, msg: None)
+    # The other live controllers' agent URLs (the lease keeper refreshes them): launches
+    # and heartbeat answers give agents the whole list to fail over along.
+    peer_urls: list[str] = field(default_factory=list)
     logs: LogWriter = field(default_factory=LogWriter)  # agents' log posts, in batches
     # Workdir archives a submit has written and not yet recorded in its job (retention
     # must not remove them in between).
@@ -93,7 +102,7 @@ class Services:
         """What the provider starts the attempt's nodes with: where (the attempt's
         placement), the agents' environments, our tags, and what the task's alternative
         that admits the placement asks for (image, boot disk, ports, labels)."""
-        url = self.config.advertise_url or self.url
+        url = self.agent_url
         placement = self.placement_of(attempt)
         try:
             # The runner passes the spec it validated already (once per task, not per launch).
@@ -104,7 +113,9 @@ class Services:
             # what to launch with, and a retry will not change that.
             raise FatalProviderError(f"job {job.id}: stored task cannot be read: "
                                      f"{type(err).__name__}") from None
-        env = {"SKYJOBS_CONTROLLER_URL": url, "SKYJOBS_ATTEMPT_ID": str(attempt.id),
+        env = {"SKYJOBS_CONTROLLER_URL": url, "SKYJOBS_CONTROLLER_URLS": ",".join(
+                   [url, *(u for u in self.peer_urls if u != url)]),
+               "SKYJOBS_ATTEMPT_ID": str(attempt.id),
                "SKYJOBS_AGENT_TOKEN": self.sessions.agent_token(attempt.id),
                # The boot script runs the downloaded agent only if its hash is this one.
                "SKYJOBS_AGENT_SHA256": self.agent_dist.sha256}
@@ -125,6 +136,11 @@ class Services:
             # Under ours: a label never replaces a skyjobs tag (the spec refuses skyjobs*
             # keys already; this keeps it so whatever a provider merges first).
             labels={k: v for k, v in choice.labels.items() if k not in tags})
+
+    @property
+    def agent_url(self) -> str:
+        """Where agents reach this controller."""
+        return self.config.advertise_url or self.url
 
     def on_recovery(self, cause: RecoveryCause, attempt: st.Attempt) -> None:
         self.metrics.recovery(cause)

@@ -225,7 +225,9 @@ def test_the_usage_migration_backfills_ended_attempts(store_target: Path | str) 
     old.conn.execute("DROP INDEX attempts_status")
     old.conn.execute("DROP INDEX jobs_ended")  # and the retention migration after it
     old.conn.execute("DROP INDEX outbox_job")
-    set_schema_version(old, len(st.MIGRATIONS) - 2)
+    for table in ("job_leases", "wakeups", "controllers"):  # and the leases' migration
+        old.conn.execute(f"DROP TABLE {table}")
+    set_schema_version(old, 7)
     old.close()
     reopened = st.SyncStore(path)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +41,9 @@ class Store:
         """Run one SyncStore method on the store's thread; typed like the method itself."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queued.append((lambda: fn(*args, **kwargs), fut))
+        # In the caller's context: a runner's fence (store.leases.FENCE) goes with its calls.
+        ctx = contextvars.copy_context()
+        self._queued.append((lambda: ctx.run(fn, *args, **kwargs), fut))
         if self._handoff_loop is not loop:  # (another loop's: one that stopped, in tests)
             self._handoff_loop = loop
             loop.call_soon(self._hand_off, loop)

@@ -157,6 +157,43 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_ended ON jobs(ended_at);
     CREATE INDEX outbox_job ON outbox(job_id);
     """,
+    # Several controllers on one database (docs/ha.md): each process registers as a member;
+    # a job that needs a runner (live, or ended with instances to release) has a lease row
+    # naming its owner, a fencing token and an expiry; reports heard by a controller that
+    # does not own the job reach its owner through wakeups.
+    """
+    CREATE TABLE controllers (
+        id TEXT PRIMARY KEY,
+        url TEXT,
+        agent_url TEXT,
+        host TEXT,
+        pid INTEGER,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        stopped_at REAL
+    );
+    CREATE TABLE job_leases (
+        job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+        owner TEXT,
+        token INTEGER NOT NULL DEFAULT 0,
+        expires_at REAL NOT NULL DEFAULT 0,
+        acquired_at REAL
+    );
+    CREATE INDEX job_leases_owner ON job_leases(owner);
+    CREATE TABLE wakeups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL,
+        attempt_id INTEGER,
+        rank INTEGER,
+        kind TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX wakeups_job ON wakeups(job_id);
+    INSERT INTO job_leases(job_id, owner, token, expires_at)
+        SELECT id, NULL, 0, 0 FROM jobs j WHERE j.status IN
+            ('PENDING', 'PROVISIONING', 'RUNNING', 'RECOVERING', 'CANCELLING')
+            OR EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = j.id AND a.released = 0);
+    """,
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from skyjobs.controller import payloads
 from skyjobs.controller.store.dialect import dialect_for
+from skyjobs.controller.store.leases import FENCE, LeaseSql
 from skyjobs.controller.store.models import (
     Attempt,
     GcBatch,
@@ -40,7 +41,7 @@ RECOVERING = JobStatus.RECOVERING
 Conn = Any  # Conn or dialect.PostgresConnection: the same face
 
 
-class SyncStore:
+class SyncStore(LeaseSql):
     """The SQL itself. Not thread-safe by design: use it only through :class:`Store`."""
 
     def __init__(self, target: Path | str,
@@ -63,6 +64,9 @@ class SyncStore:
     def _tx(self) -> Iterator[Conn]:
         self.conn.execute(self.d.begin)
         try:
+            fence = FENCE.get()
+            if fence is not None:  # a runner's write: only while its lease is still its own
+                self._check_fence(self.conn, fence)
             yield self.conn
         except BaseException:
             try:
@@ -91,8 +95,11 @@ class SyncStore:
         return self.create_jobs(name, task, has_archive, task_id_prefix, 1)[0]
 
     def create_jobs(self, name: str, task: dict[str, Any], has_archive: bool,
-                    task_id_prefix: str, count: int, task_count: int = 1) -> list[int]:
-        """One job, or a job array of ``count`` (ranks 0..count-1, all or none stored)."""
+                    task_id_prefix: str, count: int, task_count: int = 1,
+                    owner: str | None = None, lease_s: float = 30.0) -> list[int]:
+        """One job, or a job array of ``count`` (ranks 0..count-1, all or none stored),
+        each with its lease: held by ``owner`` (the controller that took the submit and
+        starts its runner), or claimable by any controller when None."""
         now = time.time()
         ids: list[int] = []
         with self._tx() as c:
@@ -110,6 +117,7 @@ class SyncStore:
                 reason = f"submitted (array {ids[0]}, rank {rank})" if count > 1 \
                     else "submitted"
                 self._event(c, job_id, "transition", None, PENDING, reason, now=now)
+            self.assign_new_jobs(c, ids, owner, lease_s)
         return ids
 
     def get_job(self, job_id: int) -> Job:
@@ -542,9 +550,18 @@ class SyncStore:
                 out[r["job_id"]].append(_attempt(r))
         return out
 
-    def unreleased_attempts(self) -> list[Attempt]:
-        rows = self.conn.execute("SELECT * FROM attempts WHERE released=0 ORDER BY id").fetchall()
-        return [_attempt(r) for r in rows]
+    def unreleased_attempts(self, job_ids: list[int] | None = None) -> list[Attempt]:
+        """Every attempt whose instances may be up (of these jobs only, when given)."""
+        if job_ids is None:
+            return [_attempt(r) for r in self.conn.execute(
+                "SELECT * FROM attempts WHERE released=0 ORDER BY id").fetchall()]
+        out: list[Attempt] = []
+        for chunk in range(0, len(job_ids), 500):
+            ids = job_ids[chunk:chunk + 500]
+            out.extend(_attempt(r) for r in self.conn.execute(
+                "SELECT * FROM attempts WHERE released=0 AND job_id IN"
+                f" ({','.join('?' * len(ids))}) ORDER BY id", ids))
+        return out
 
     # --- retention ---------------------------------------------------------------------------
 
@@ -571,11 +588,15 @@ class SyncStore:
             q = ",".join("?" * len(ids))
             attempts = f"SELECT id FROM attempts WHERE job_id IN ({q})"
             for table, where in (("outbox", f"job_id IN ({q})"),
+                                 ("job_leases", f"job_id IN ({q})"),
+                                 ("wakeups", f"job_id IN ({q})"),
                                  ("events", f"job_id IN ({q})"),
                                  ("nodes", f"attempt_id IN ({attempts})"),
                                  ("attempts", f"job_id IN ({q})"),
                                  ("jobs", f"id IN ({q})")):
-                counts[table] = c.execute(f"DELETE FROM {table} WHERE {where}", ids).rowcount
+                removed = c.execute(f"DELETE FROM {table} WHERE {where}", ids).rowcount
+                if table in counts:  # (lease and wake-up rows are bookkeeping, not history)
+                    counts[table] = removed
         return GcBatch(ids, digests, counts)
 
     def gc_history(self, delivered_before: float, zone_events_before: float,
@@ -603,11 +624,16 @@ class SyncStore:
             "SELECT id, task_json FROM jobs WHERE has_archive=1") if job_id not in skip
             for d in _archives(json.loads(task_json))}
 
-    def live_attempt_states(self) -> list[tuple[int, str]]:
-        """(id, status) of every unreleased attempt: the instance poll's one read per round,
-        without decoding rows whose launch facts the caller keeps in memory."""
+    def live_attempt_states(self, member: str | None = None) -> list[tuple[int, str]]:
+        """(id, status) of every unreleased attempt (of the jobs ``member`` owns, when
+        given): the instance poll's one read per round, without decoding rows whose launch
+        facts the caller keeps in memory."""
+        if member is None:
+            return [(r[0], r[1]) for r in self.conn.execute(
+                "SELECT id, status FROM attempts WHERE released=0 ORDER BY id")]
         return [(r[0], r[1]) for r in self.conn.execute(
-            "SELECT id, status FROM attempts WHERE released=0 ORDER BY id")]
+            "SELECT a.id, a.status FROM attempts a JOIN job_leases l ON l.job_id = a.job_id"
+            " WHERE a.released=0 AND l.owner=? ORDER BY a.id", (member,))]
 
     def attempts_by_id(self, attempt_ids: list[int]) -> list[Attempt]:
         out: list[Attempt] = []
@@ -617,14 +643,16 @@ class SyncStore:
                 f"SELECT * FROM attempts WHERE id IN ({','.join('?' * len(ids))})", ids))
         return out
 
-    def attempts_to_release(self) -> list[Attempt]:
-        """Attempts whose instances must go: ended ones not yet released, and every
-        unreleased attempt of a job that has ended (whoever ended it)."""
+    def attempts_to_release(self, member: str | None = None) -> list[Attempt]:
+        """Attempts whose instances must go (of the jobs ``member`` owns, when given):
+        ended ones not yet released, and every unreleased attempt of a job that has ended
+        (whoever ended it)."""
         marks = ",".join("?" * len(TERMINAL))
+        owned = " JOIN job_leases l ON l.job_id = a.job_id AND l.owner=?" if member else ""
         rows = self.conn.execute(
-            "SELECT a.* FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.released=0"
-            f" AND (a.status='ended' OR j.status IN ({marks})) ORDER BY a.id",
-            tuple(TERMINAL)).fetchall()
+            f"SELECT a.* FROM attempts a JOIN jobs j ON j.id = a.job_id{owned} WHERE"
+            f" a.released=0 AND (a.status='ended' OR j.status IN ({marks})) ORDER BY a.id",
+            (*([member] if member else []), *TERMINAL)).fetchall()
         return [_attempt(r) for r in rows]
 
     def no_capacity_round(self, job_id: int) -> int:

@@ -1,0 +1,142 @@
+"""Several controllers on one PostgreSQL: real controller processes, real agents, the local
+provider's instances shared by all (as a cloud account would be), and a fresh schema.
+
+kill -9 of a controller: its jobs are taken over and finish, nothing booted twice, nothing
+left running. SIGSTOP past the lease: another controller takes over, and the stopped one,
+once resumed, writes nothing more for those jobs and stands down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skyjobs.providers.local_instance import kill_session, read_json
+from tests import pg
+from tests.conftest import ControllerProc, task, wait_for
+
+LEASE = 6.0
+
+
+class Cluster:
+    def __init__(self, tmp: Path, url: str) -> None:
+        self.tmp, self.url = tmp, url
+        self.cloud = tmp / "cloud"
+        self.procs: list[ControllerProc] = []
+
+    def start(self, n: int) -> list[ControllerProc]:
+        for i in range(n):
+            env = {"SKYJOBS_DATABASE_URL": self.url, "SKYJOBS_LOCAL_CLOUD_DIR": str(self.cloud),
+                   "SKYJOBS_LEASE_SECONDS": str(LEASE),
+                   # Silence is judged by the owner alone; give failed-over agents time.
+                   "SKYJOBS_HEARTBEAT_TIMEOUT": "10", "SKYJOBS_SILENT_WINDOW": "30"}
+            self.procs.append(ControllerProc(self.tmp / f"c{i}", env).start())
+        # Each learns its peers at its next lease renewal (launches carry the list).
+        wait_for("every controller registered", lambda: len(self.procs[0].query(
+            "SELECT id FROM controllers WHERE stopped_at IS NULL")) == n, timeout=20)
+        time.sleep(LEASE / 3 + 0.5)
+        return self.procs
+
+    def instances(self) -> dict[str, dict[str, Any]]:
+        root = self.cloud / "instances"
+        if not root.exists():
+            return {}
+        return {p.name: read_json(p / "instance.json") or {} for p in sorted(root.iterdir())}
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.proc is not None and p.proc.poll() is None:
+                try:
+                    os.kill(p.proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+                p.stop()
+        for state in self.instances().values():
+            if isinstance(state.get("sid"), int):
+                kill_session(state["sid"])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with pg.fresh_schema("ha") as url:
+        c = Cluster(tmp_path, url)
+        try:
+            yield c
+        finally:
+            c.cleanup()
+
+
+def owners(c: ControllerProc, job_ids: list[int]) -> dict[int, str]:
+    rows = c.query("SELECT job_id, owner FROM job_leases")
+    return {j: o for j, o in rows if j in job_ids}
+
+
+def full_log(c: ControllerProc) -> str:
+    return (c.state_dir.parent / f"{c.state_dir.name}-controller.log").read_text(
+        errors="replace")
+
+
+def member_of(c: ControllerProc) -> str:
+    return (c.state_dir / "member").read_text().strip()
+
+
+def test_a_killed_controllers_jobs_are_taken_over_and_finish(cluster: Cluster) -> None:
+    procs = cluster.start(3)
+    run = "for i in $(seq 1 25); do sleep 1; done; echo finished"
+    jobs = [procs[i % 3].submit(task(run, name=f"j{i}")) for i in range(9)]
+    for j in jobs:
+        procs[1].wait_status(j, "RUNNING", timeout=60)
+    victim = procs[0]
+    before = owners(procs[1], jobs)
+    theirs = [j for j, o in before.items() if o == member_of(victim)]
+    assert len(theirs) == 3, before
+    attempts_before = {j: len(procs[1].job(j)["attempt_list"]) for j in jobs}
+    victim.kill9()
+
+    for j in jobs:
+        done = procs[1].wait_status(j, "SUCCEEDED", "FAILED", "CANCELLED", timeout=120)
+        assert done["status"] == "SUCCEEDED", (j, procs[1].events(j))
+    after = owners(procs[1], jobs)  # (leases of finished, released jobs are dropped)
+    assert all(o != member_of(victim) for o in after.values())
+    for j in theirs:
+        reasons = [e.get("reason") or "" for e in procs[1].events(j)]
+        assert any("took the job over" in r for r in reasons), reasons
+        # Re-attached, not relaunched: the instances outlived their controller.
+        assert len(procs[1].job(j)["attempt_list"]) == attempts_before[j], procs[1].events(j)
+    launched = procs[1].query("SELECT instance_ids FROM attempts")
+    ids = [i for (row,) in launched for i in __import__("json").loads(row)]
+    assert len(ids) == len(set(ids))  # no instance id launched twice
+    wait_for("every instance released", lambda: procs[1].query(
+        "SELECT COUNT(*) FROM attempts WHERE released=0")[0][0] == 0, timeout=60)
+
+
+def test_a_paused_owner_is_fenced_off_and_stands_down(cluster: Cluster) -> None:
+    procs = cluster.start(2)
+    stale, other = procs
+    run = "for i in $(seq 1 30); do sleep 1; done; echo finished"
+    jobs = [stale.submit(task(run, name=f"p{i}")) for i in range(2)]
+    for j in jobs:
+        other.wait_status(j, "RUNNING", timeout=60)
+    token_before = dict(other.query("SELECT job_id, token FROM job_leases"))
+    assert stale.proc is not None
+    os.kill(stale.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for("the other controller owns the jobs", lambda: set(
+            owners(other, jobs).values()) == {member_of(other)}, timeout=4 * LEASE)
+    finally:
+        os.kill(stale.proc.pid, signal.SIGCONT)
+    tokens = dict(other.query("SELECT job_id, token FROM job_leases"))
+    assert all(tokens[j] > token_before[j] for j in jobs)
+    wait_for("the resumed controller stands down", lambda: "standing down" in full_log(stale)
+             or "lease lost" in full_log(stale), timeout=3 * LEASE)
+    for j in jobs:
+        done = other.wait_status(j, "SUCCEEDED", "FAILED", "CANCELLED", timeout=120)
+        assert done["status"] == "SUCCEEDED", (j, other.events(j))
+        assert len(done["attempt_list"]) == 1, other.events(j)  # nobody relaunched it
+    assert owners(other, jobs) == {} or set(owners(other, jobs).values()) == {member_of(other)}
