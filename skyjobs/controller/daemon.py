@@ -21,6 +21,7 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,11 @@ class Controller:
         self._take_lock()
         for sub in ("logs", "archives", "buckets"):
             private_dir(self.state_dir / sub)
-        store = self._store = st.Store(self.config.store_target, store_hooks(self.config.webhooks))
+        # The lease keeper uses the store every third of a lease: a session idle past the
+        # lease belongs to a frozen controller, whose duty locks must go free.
+        store = self._store = st.Store(self.config.store_target,
+                                       store_hooks(self.config.webhooks),
+                                       idle_timeout_s=self.config.lease_seconds * 1.5)
         if self.config.database_url is None:
             os.chmod(self.config.db_path, 0o600)  # an older version's, under another umask
         token, secret = await self._secrets(store)
@@ -292,12 +297,20 @@ class Controller:
         poller = PricePoller(sv.store, sv.catalog, sv.providers, sv.price_book)
         self._duties = duties = Duties(self.metrics)
         duties.add("poll_instances", monitor.poll, self.config.instance_poll_interval)
-        duties.add("sweep_orphans", monitor.sweep_orphans, ORPHAN_SWEEP_INTERVAL, now=True)
-        duties.add("poll_prices", poller.poll, self.config.price_poll_interval, now=True)
+        def leading(name: str) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:  # one controller at a time runs it (store.leases)
+                return await sv.store.call(sv.store.sync.hold_duty, name)
+            return check
+
+        duties.add("sweep_orphans", monitor.sweep_orphans, ORPHAN_SWEEP_INTERVAL, now=True,
+                   only_if=leading("sweep_orphans"))
+        duties.add("poll_prices", poller.poll, self.config.price_poll_interval, now=True,
+                   only_if=leading("poll_prices"))
         if self.config.retention_days > 0:
             async def collect() -> None:
                 await sv.collect_garbage()
-            duties.add("retention", collect, retention.SWEEP_INTERVAL, now=True)
+            duties.add("retention", collect, retention.SWEEP_INTERVAL, now=True,
+                       only_if=leading("retention"))
         duties.start()
 
     def _ssl_context(self) -> ssl.SSLContext | None:

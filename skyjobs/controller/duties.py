@@ -59,7 +59,16 @@ class Duties:
         self.stats: dict[str, DutyStats] = {}
         self._scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
 
-    def add(self, name: str, duty: Duty, every_s: float, *, now: bool = False) -> None:
+    def add(self, name: str, duty: Duty, every_s: float, *, now: bool = False,
+            only_if: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """``only_if``: asked before each run (a singleton duty's leadership); a run it
+        refuses is skipped, not failed."""
+        if only_if is not None:
+            inner, check = duty, only_if
+
+            async def duty() -> None:
+                if await check():
+                    await inner()
         self._scheduler.add_job(
             self._wrap(name, duty), "interval", id=name, name=name, seconds=every_s,
             max_instances=1, coalesce=True,

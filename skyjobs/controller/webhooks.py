@@ -309,6 +309,9 @@ class WebhookDispatcher:
                     await self._wake.wait()
 
     async def _dispatch_due(self) -> None:
+        # Several controllers on one database: one of them delivers (a singleton duty).
+        if not await self.store.call(self.store.sync.hold_duty, "webhooks"):
+            return
         # Ask for more than is in flight, or rows already being sent would hide the rest.
         limit = self.batch + len(self._inflight)
         rows = await self.store.call(self.store.sync.due_deliveries, time.time(), limit)

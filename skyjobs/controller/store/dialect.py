@@ -136,16 +136,21 @@ class PostgresConnection:
     SQLite), with ``?`` placeholders translated once per statement text. A dropped
     connection raises StoreUnavailableError and is replaced on the next call."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, idle_timeout_s: float | None = None) -> None:
         self.url = url
+        self.idle_timeout_s = idle_timeout_s
         self._raw: Any = None
         self._texts: dict[str, str] = {}
+        self.generation = 0  # bumped per new session: session-level locks die with one
 
     def _live(self) -> Any:
         if self._raw is not None and not self._raw.closed and not self._raw.broken:
             return self._raw
         params = psycopg.conninfo.conninfo_to_dict(self.url)
         options = f"{params.pop('options', '')} {SESSION_OPTIONS}".strip()
+        if self.idle_timeout_s:
+            # The server ends the session of a frozen controller: its duty locks go free.
+            options += f" -c idle_session_timeout={int(self.idle_timeout_s * 1000)}"
         merged: dict[str, Any] = {**KEEPALIVES, "application_name": "skyjobs", **params,
                                   "options": options}
         try:
@@ -156,6 +161,7 @@ class PostgresConnection:
                 from err
         raw.adapters.register_loader("numeric", _NumericLoader)
         self._raw = raw
+        self.generation += 1
         return raw
 
     def _pg(self, sql: str) -> str:
@@ -175,6 +181,10 @@ class PostgresConnection:
         cur.executemany(self._pg(sql), rows)
         return cur
 
+    @property
+    def broken(self) -> bool:
+        return self._raw is None or self._raw.closed or self._raw.broken
+
     def close(self) -> None:
         if self._raw is not None:
             self._raw.close()
@@ -192,11 +202,12 @@ class PostgresDialect:
     skip_locked = " FOR UPDATE SKIP LOCKED"
     like_ci = "ILIKE"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, idle_timeout_s: float | None = None) -> None:
         self.url = url
+        self.idle_timeout_s = idle_timeout_s
 
     def connect(self) -> PostgresConnection:
-        conn = PostgresConnection(self.url)
+        conn = PostgresConnection(self.url, self.idle_timeout_s)
         conn.execute("SELECT 1")  # fail at start, with the reason, not at the first job
         return conn
 
@@ -247,7 +258,7 @@ class PostgresDialect:
 Dialect = SqliteDialect | PostgresDialect
 
 
-def dialect_for(target: str | Path) -> Dialect:
+def dialect_for(target: str | Path, idle_timeout_s: float | None = None) -> Dialect:
     if is_postgres(target):
-        return PostgresDialect(str(target))
+        return PostgresDialect(str(target), idle_timeout_s)
     return SqliteDialect(Path(target))

@@ -26,13 +26,13 @@ class Store:
 
     BATCH = 64  # calls per hand-off: bounds how long the first caller of a batch waits
 
-    def __init__(self, target: Path | str,
-                 hooks: dict[str, frozenset[str]] | None = None) -> None:
+    def __init__(self, target: Path | str, hooks: dict[str, frozenset[str]] | None = None,
+                 idle_timeout_s: float | None = None) -> None:
         """``target``: the SQLite file, or a ``postgresql://`` URL (one connection, owned
         by the same one thread: a call's round trips on loopback or a LAN cost less than
         the hand-off, and per-caller order stays as on SQLite)."""
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyjobs-store")
-        self.sync = self._pool.submit(SyncStore, target, hooks).result()
+        self.sync = self._pool.submit(SyncStore, target, hooks, idle_timeout_s).result()
         self._queued: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._handoff_loop: asyncio.AbstractEventLoop | None = None  # a hand-off is due there
         self.handoffs = 0  # batches handed to the thread (tests and benchmarks read it)

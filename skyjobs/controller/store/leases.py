@@ -189,6 +189,28 @@ class LeaseSql:
             "SELECT j.id FROM jobs j JOIN job_leases l ON l.job_id = j.id WHERE l.owner=?"
             f" AND j.status IN ({marks}) ORDER BY j.id", (member, *LIVE))]
 
+    # --- singleton duties ----------------------------------------------------------------
+
+    def hold_duty(self, name: str) -> bool:
+        """Whether this process runs the singleton duty ``name`` now (price polls, orphan
+        sweep, retention, webhook delivery). PostgreSQL: a session advisory lock on the
+        store's own connection (never pooled), taken when free; it goes with the session
+        (kill -9, a dropped connection, or the server ending a frozen process's idle
+        session), and a new session has to take it again. SQLite: always (one controller)."""
+        if self.d.name == "sqlite":
+            return True
+        held: dict[str, int] = self.__dict__.setdefault("_duties_held", {})
+        if held.get(name) == self.conn.generation and not self.conn.broken:
+            return True
+        got = bool(self.conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext('skyjobs-duty:' || current_schema() || ?))",
+            (name,)).fetchone()[0])
+        if got:
+            held[name] = self.conn.generation
+        else:
+            held.pop(name, None)
+        return got
+
     # --- wake-ups --------------------------------------------------------------------------
 
     def add_wakeups(self, wakeups: list[Wakeup]) -> list[str]:

@@ -44,12 +44,13 @@ Conn = Any  # Conn or dialect.PostgresConnection: the same face
 class SyncStore(LeaseSql):
     """The SQL itself. Not thread-safe by design: use it only through :class:`Store`."""
 
-    def __init__(self, target: Path | str,
-                 hooks: dict[str, frozenset[str]] | None = None) -> None:
-        """``target``: the SQLite file, or a ``postgresql://`` URL."""
+    def __init__(self, target: Path | str, hooks: dict[str, frozenset[str]] | None = None,
+                 idle_timeout_s: float | None = None) -> None:
+        """``target``: the SQLite file, or a ``postgresql://`` URL (whose server ends the
+        session after ``idle_timeout_s`` idle, when given)."""
         # Webhook name -> the event names it wants; deliveries are queued per transition.
         self.hooks = hooks or {}
-        self.d = dialect_for(target)
+        self.d = dialect_for(target, idle_timeout_s)
         self.conn: Conn = self.d.connect()
         try:
             self.d.migrate(self.conn)

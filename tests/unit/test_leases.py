@@ -1,0 +1,103 @@
+"""Leases and fencing in the store, on both databases (store.leases)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from skyjobs.controller import store as st
+from skyjobs.controller.store.leases import FENCE, Wakeup
+from skyjobs.exceptions import LeaseLostError
+from skyjobs.pricing.catalog import Placement, load_cloud
+
+
+@pytest.fixture
+def db(store_target: Path | str) -> Iterator[st.SyncStore]:
+    store = st.SyncStore(store_target)
+    yield store
+    store.close()
+
+
+def placement() -> Placement:
+    o = load_cloud("local")[0]
+    return Placement(o, True, o.spot_price or 0.0)
+
+
+def dump(db: st.SyncStore, job: int) -> object:
+    return (db.get_job(job), db.events(job), db.attempts_of(job), db.outbox_stats())
+
+
+def test_two_members_split_the_free_leases_and_a_claim_bumps_the_token(
+        db: st.SyncStore) -> None:
+    for m in ("a", "b"):
+        db.register_member(m, f"http://{m}", f"http://{m}", "h", 1)
+    jobs = [db.create_job("j", {"spec": {}}, False, "sky") for _ in range(4)]
+    first = db.claim_leases("a", 30)
+    assert len(first) == 2 and all(token == 1 for _, token, _ in first)
+    claimed = {j for j, _, _ in first}
+    for _ in range(4):  # each scan takes its share of what is still free
+        claimed |= {j for j, _, _ in db.claim_leases("b", 30)}
+    assert claimed == set(jobs)
+    assert db.claim_leases("a", 30) == []  # nothing free is left
+
+
+def test_a_lapsed_lease_is_not_renewed_but_claimed_again_with_a_new_token(
+        db: st.SyncStore) -> None:
+    db.register_member("a", "u", "u", "h", 1)
+    db.register_member("b", "u", "u", "h", 1)
+    job = db.create_job("j", {"spec": {}}, False, "sky")
+    db.claim_leases("a", 30)
+    db.conn.execute("UPDATE job_leases SET expires_at = 0")  # a lapsed away (paused)
+    assert db.renew_leases("a", 30)[1] == {}
+    ((got, token, previous),) = db.claim_leases("b", 30)
+    assert (got, token, previous) == (job, 2, "a")
+    assert any("took the job over from a" in (e["reason"] or "") for e in db.events(job))
+
+
+def test_a_stale_runner_write_is_refused_and_changes_nothing(db: st.SyncStore) -> None:
+    db.register_member("a", "u", "u", "h", 1)
+    db.register_member("b", "u", "u", "h", 1)
+    job = db.create_jobs("j", {"spec": {}}, False, "sky", 1, owner="a", lease_s=30)[0]
+    fence = db.own_job("a", job)
+    reset = FENCE.set(fence)
+    try:
+        db.begin_attempt(job, placement(), 1, "sjx", "first")  # the owner's write goes in
+        db.conn.execute("UPDATE job_leases SET expires_at = 0")
+        db.claim_leases("b", 30)  # b takes the job over
+        before = dump(db, job)
+        with pytest.raises(LeaseLostError):
+            db.transition(job, st.RUNNING, "stale")
+        with pytest.raises(LeaseLostError):
+            db.add_info_event(job, "stale")
+        assert dump(db, job) == before
+    finally:
+        FENCE.reset(reset)
+    with pytest.raises(LeaseLostError):
+        db.own_job("a", job)  # nor can it start a new runner on it
+    assert db.own_job("b", job).token > fence.token
+
+
+def test_wakeups_go_to_the_owner_once(db: st.SyncStore) -> None:
+    db.register_member("a", "u", "u", "h", 1)
+    job = db.create_jobs("j", {"spec": {}}, False, "sky", 1, owner="a", lease_s=30)[0]
+    assert db.add_wakeups([Wakeup(job, 7, 0, "exit")]) == ["a"]
+    assert db.drain_wakeups("b") == []
+    assert db.drain_wakeups("a") == [Wakeup(job, 7, 0, "exit")]
+    assert db.drain_wakeups("a") == []
+
+
+def test_one_member_at_a_time_holds_a_singleton_duty(store_target: Path | str) -> None:
+    a, b = st.SyncStore(store_target), st.SyncStore(store_target)
+    try:
+        assert a.hold_duty("webhooks") and a.hold_duty("webhooks")
+        if a.d.name == "sqlite":
+            return  # one controller per SQLite store: it always holds every duty
+        assert not b.hold_duty("webhooks")
+        assert b.hold_duty("poll_prices")
+        a.close()  # its session ends (as on kill -9): the lock goes free
+        assert b.hold_duty("webhooks")
+    finally:
+        a.close()
+        b.close()
