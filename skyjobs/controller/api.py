@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -308,7 +307,10 @@ async def _save_archive(ctl: Services, encoded: str | None, saved: list[str]) ->
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, data)
 
-    await asyncio.to_thread(write)
+    if ctl.config.database_url is not None:  # shared: stored where every controller reads
+        await _db(ctl, ctl.store.sync.save_archive, digest, data)
+    else:
+        await asyncio.to_thread(write)
     return digest
 
 
@@ -353,21 +355,8 @@ async def job_logs(request: web.Request) -> web.Response:
     job = await _db(ctl, ctl.store.sync.get_job, job_id)
     attempt_n = job.attempt_count if q.attempt is None else q.attempt
     rank_, offset = q.rank, q.offset
-    path = views.log_path(ctl, job.id, attempt_n, rank_)
     final = job.status in st.TERMINAL
-
-    def read() -> tuple[bytes, int]:
-        try:
-            with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if offset >= size:
-                    return b"", size
-                fh.seek(offset)
-                return fh.read(MAX_LOG_CHUNK), size
-        except FileNotFoundError:
-            return b"", 0
-
-    data, size = await asyncio.to_thread(read)
+    data, size, _ = await views.read_log(ctl, job.id, attempt_n, rank_, offset, MAX_LOG_CHUNK)
     if not final or offset + len(data) < size:
         data = data[:_complete_utf8(data)]
     return web.json_response({"attempt": attempt_n, "rank": rank_, "offset": offset,
@@ -583,6 +572,11 @@ async def agent_archive(request: web.Request) -> web.StreamResponse:
     digest = job.task_entry(attempt.task_index).get("archive")
     if not digest:
         raise NotFoundError("this job has no workdir archive")
+    if ctl.config.database_url is not None:  # shared: any controller serves it
+        data = await _db(ctl, ctl.store.sync.read_archive, digest)
+        if data is None:
+            raise NotFoundError("this job's workdir archive is gone")
+        return web.Response(body=data, content_type="application/gzip")
     return web.FileResponse(ctl.state_dir / "archives" / f"{digest}.tar.gz")
 
 
@@ -698,8 +692,8 @@ async def agent_logs(request: web.Request) -> web.Response:
     q = _query(request, m.AgentLogsQuery)
     rank_, offset = _rank(q.rank, attempt.num_nodes), q.offset
     data = await request.read()
-    path = views.log_path(ctl, attempt.job_id, attempt.n, rank_)
-    size = await ctl.logs.append(path, offset, data)
+    target = views.log_target(ctl, attempt.job_id, attempt.n, rank_)
+    size = await ctl.logs.append(target, offset, data)
     return web.json_response({"size": size})
 
 

@@ -34,6 +34,7 @@ from skyjobs.controller import store as st
 from skyjobs.controller.duties import Duties
 from skyjobs.controller.heap import HeapKeeper
 from skyjobs.controller.leases import LeaseKeeper
+from skyjobs.controller.logwriter import LogWriter
 from skyjobs.controller.looplag import LoopLagMonitor
 from skyjobs.controller.messages import Message
 from skyjobs.controller.metrics import InstrumentedProvider, Metrics
@@ -264,6 +265,7 @@ class Controller:
         reaper = Reaper(store, self.providers, on_released=released,
                         on_failure=self.metrics.release_failure, member=member)
         sv = Services(config=self.config, store=store, catalog=self.catalog,
+                      logs=LogWriter(store if self.config.database_url else None),
                       providers=self.providers, memory=memory, price_book=prices,
                       metrics=self.metrics, sessions=sessions, reaper=reaper, runners=runners,
                       webhooks=webhooks, token=token, instance_prefix=prefix,

@@ -6,19 +6,27 @@ hand-off and the GIL going back and forth, not the writes). Posts that arrive wh
 batch is being written wait for the next one, so a batch grows with the load and the
 number of hops does not. Appends stay idempotent by offset: a replayed chunk writes
 nothing twice.
+
+With a shared store (several controllers on PostgreSQL) the chunks go to the database instead
+(store.blobs), one transaction per batch, so any controller can serve any node's log.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from skyjobs.controller.store import Store
 
 log = structlog.get_logger("skyjobs.logwriter")
 
 MAX_BATCH = 512  # posts per hop; a bound on how long one batch holds the thread
-_Item = tuple[Path, int, bytes, "asyncio.Future[int]"]
+LogKey = tuple[int, int, int]  # (job id, attempt n, rank): a node's log in the store
+_Item = tuple[Any, int, bytes, "asyncio.Future[int]"]
 
 
 def append_at(path: Path, offset: int, data: bytes) -> int:
@@ -45,7 +53,9 @@ def _write_batch(items: list[tuple[Path, int, bytes]]) -> list[int | OSError]:
 class LogWriter:
     """The one writer of job logs; ``start()`` returns its task for the daemon to watch."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
+        """``store``: write to the shared store (targets are LogKeys), not to files."""
+        self.store = store
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.batches = 0  # hops made (tests and the bench read it)
@@ -54,13 +64,28 @@ class LogWriter:
         self.task = asyncio.create_task(self._run(), name="log-writer")
         return self.task
 
-    async def append(self, path: Path, offset: int, data: bytes) -> int:
-        """Append a chunk at offset (see append_at); raises OSError if it could not be."""
+    async def append(self, target: Path | LogKey, offset: int, data: bytes) -> int:
+        """Append a chunk at offset (see append_at) to a file, or to a node's log in the
+        shared store; raises OSError if it could not be."""
         if self.task is None or self.task.done():
-            return await asyncio.to_thread(append_at, path, offset, data)
+            (result,) = await self._write([(target, offset, data)])
+            if isinstance(result, OSError):
+                raise result
+            return result
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((path, offset, data, fut))
+        self._queue.put_nowait((target, offset, data, fut))
         return await fut
+
+    async def _write(self, items: list[tuple[Any, int, bytes]]) -> list[int | OSError]:
+        if self.store is None:
+            return await asyncio.to_thread(_write_batch, items)
+        try:
+            sizes = await self.store.call(self.store.sync.append_logs,
+                                          [(*key, offset, data) for key, offset, data in items])
+        except Exception as err:  # noqa: BLE001 - each post gets the error, none hangs
+            failure = OSError(f"log append failed: {type(err).__name__}: {err}")
+            return [failure] * len(items)
+        return list(sizes)
 
     async def _run(self) -> None:
         batch: list[_Item] = []
@@ -69,8 +94,7 @@ class LogWriter:
                 batch = [await self._queue.get()]
                 while len(batch) < MAX_BATCH and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
-                results = await asyncio.to_thread(
-                    _write_batch, [(p, o, d) for p, o, d, _ in batch])
+                results = await self._write([(p, o, d) for p, o, d, _ in batch])
                 self.batches += 1
                 for (_, _, _, fut), result in zip(batch, results, strict=True):
                     if fut.done():  # the request went away

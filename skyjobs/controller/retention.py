@@ -32,10 +32,12 @@ DAY = 86400.0
 
 async def sweep(store: st.Store, state_dir: Path, older_than_s: float, *,
                 keep_zone_events_s: float, in_flight: Collection[str] = (),
-                dry_run: bool = False, now: float | None = None) -> dict[str, int]:
+                dry_run: bool = False, now: float | None = None,
+                shared: bool = False) -> dict[str, int]:
     """Remove what ended more than ``older_than_s`` ago; returns what was (or, with
     ``dry_run``, would be) removed. ``in_flight``: archive digests a submit has written
-    but not yet recorded in a job (never removed)."""
+    but not yet recorded in a job (never removed). ``shared``: logs and archives are rows of
+    the store (several controllers on PostgreSQL), not files in ``state_dir``."""
     now = time.time() if now is None else now
     before = now - older_than_s
     totals = dict.fromkeys(("jobs", "attempts", "nodes", "events", "outbox", "zone_events",
@@ -46,7 +48,7 @@ async def sweep(store: st.Store, state_dir: Path, older_than_s: float, *,
         batch = await store.call(store.sync.gc_jobs, before, 10**9 if dry_run else BATCH,
                                  dry_run)
         for table, n in batch.counts.items():
-            totals[table] += n
+            totals[table] = totals.get(table, 0) + n
         dropped |= batch.archives
         if dry_run:
             removed = batch.job_ids
@@ -58,9 +60,14 @@ async def sweep(store: st.Store, state_dir: Path, older_than_s: float, *,
                                now - max(older_than_s, keep_zone_events_s), dry_run)
     for table, n in history.items():
         totals[table] += n
-    candidates = [p for p in await asyncio.to_thread(
-        _archive_candidates, state_dir / "archives", dropped, before)
-        if _digest(p) not in in_flight]
+    if shared:
+        totals["archives"] = await _sweep_archive_rows(store, before, dropped, in_flight,
+                                                       removed, dry_run)
+        candidates = []
+    else:
+        candidates = [p for p in await asyncio.to_thread(
+            _archive_candidates, state_dir / "archives", dropped, before)
+            if _digest(p) not in in_flight]
     if candidates:  # the scan of every job's archives only when some file may go
         in_use = await store.call(store.sync.archives_in_use, removed)
         totals["archives"] = await asyncio.to_thread(
@@ -68,6 +75,21 @@ async def sweep(store: st.Store, state_dir: Path, older_than_s: float, *,
     if any(totals.values()) and not dry_run:
         log.info("retention sweep", older_than_days=round(older_than_s / DAY, 3), **totals)
     return totals
+
+
+async def _sweep_archive_rows(store: st.Store, before: float, dropped: set[str],
+                             in_flight: Collection[str], removed: list[int],
+                             dry_run: bool) -> int:
+    """The shared store's archive rows that no kept job references (as for files)."""
+    candidates = [d for d in await store.call(store.sync.archive_rows_before, before, dropped)
+                  if d not in in_flight]
+    if not candidates:
+        return 0
+    in_use = await store.call(store.sync.archives_in_use, removed)
+    gone = [d for d in candidates if d not in in_use]
+    if dry_run:
+        return len(gone)
+    return await store.call(store.sync.delete_archive_rows, gone)
 
 
 def _remove_logs(state_dir: Path, job_ids: list[int]) -> int:

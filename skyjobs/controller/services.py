@@ -169,7 +169,8 @@ class Services:
             else older_than_s
         return await retention.sweep(
             self.store, self.state_dir, older, keep_zone_events_s=MEMORY_HORIZON,
-            in_flight=+self.archives_in_flight, dry_run=dry_run)
+            in_flight=+self.archives_in_flight, dry_run=dry_run,
+            shared=self.config.database_url is not None)
 
     async def render_metrics(self) -> tuple[bytes, str]:
         now = time.time()

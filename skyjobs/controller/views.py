@@ -3,12 +3,15 @@ except in the agent's own task payload."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skyjobs.checkpoint.buckets import local_bucket_dir
 from skyjobs.config import ControllerConfig
 from skyjobs.controller import store as st
+from skyjobs.controller.logwriter import LogKey
 from skyjobs.controller.runner import policy_context
 from skyjobs.exceptions import SpecError
 from skyjobs.pricing.catalog import Catalog, Offering, Placement, load_cloud, shipped_clouds
@@ -27,6 +30,34 @@ REDACTED = "<redacted>"
 
 def log_path(ctl: Services, job_id: int, attempt_n: int, rank: int) -> Path:
     return ctl.state_dir / "logs" / str(job_id) / f"attempt-{attempt_n}-node-{rank}.log"
+
+
+def log_target(ctl: Services, job_id: int, attempt_n: int, rank: int) -> Path | LogKey:
+    """Where a node's log is written: a file, or rows of the shared store."""
+    if ctl.config.database_url is not None:
+        return (job_id, attempt_n, rank)
+    return log_path(ctl, job_id, attempt_n, rank)
+
+
+async def read_log(ctl: Services, job_id: int, attempt_n: int, rank: int, offset: int | None,
+                   limit: int, tail: int = 0) -> tuple[bytes, int, int]:
+    """(data, size, start): up to ``limit`` bytes of a node's log from ``offset``, or from
+    ``tail`` bytes before its end when ``offset`` is None; empty when there is none."""
+    target = log_target(ctl, job_id, attempt_n, rank)
+    if not isinstance(target, Path):
+        return await ctl.store.call(ctl.store.sync.read_log, *target, offset, limit, tail)
+
+    def read() -> tuple[bytes, int, int]:
+        try:
+            with open(target, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                start = max(0, size - tail) if offset is None else min(offset, size)
+                fh.seek(start)
+                return fh.read(limit), size, start
+        except FileNotFoundError:
+            return b"", 0, 0
+
+    return await asyncio.to_thread(read)
 
 
 def costs(ctl: Services, attempts: list[st.Attempt], now: float) -> tuple[float, float]:

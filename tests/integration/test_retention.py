@@ -33,6 +33,10 @@ def map_sizes(ctl: ControllerProc) -> dict[str, float]:
 
 def disk(ctl: ControllerProc) -> dict[str, Any]:
     rows = {t: ctl.query(f"SELECT COUNT(*) FROM {t}")[0][0] for t in TABLES}
+    if "SKYJOBS_DATABASE_URL" in ctl.env:  # shared store: logs and archives are rows
+        return {**rows, "logs": [str(r[0]) for r in ctl.query(
+                    "SELECT DISTINCT job_id FROM log_chunks ORDER BY job_id")],
+                "archives": [r[0] for r in ctl.query("SELECT digest FROM archives")]}
     return {**rows, "logs": sorted(p.name for p in (ctl.state_dir / "logs").iterdir()),
             "archives": sorted(p.name for p in (ctl.state_dir / "archives").iterdir())}
 

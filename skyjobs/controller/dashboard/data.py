@@ -139,19 +139,11 @@ def _complete_utf8(data: bytes) -> int:
     return len(data)
 
 
-def read_log(ctl: Services, job: st.Job, attempt_n: int, rank: int,
-             offset: int | None) -> dict[str, Any]:
-    """A chunk of one node's log from ``offset`` (None: the last LOG_TAIL bytes). Blocking:
-    run it in a thread."""
-    path = views.log_path(ctl, job.id, attempt_n, rank)
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            start = max(0, size - LOG_TAIL) if offset is None else min(offset, size)
-            fh.seek(start)
-            data = fh.read(LOG_CHUNK)
-    except FileNotFoundError:
-        size, start, data = 0, 0, b""
+async def read_log(ctl: Services, job: st.Job, attempt_n: int, rank: int,
+                   offset: int | None) -> dict[str, Any]:
+    """A chunk of one node's log from ``offset`` (None: the last LOG_TAIL bytes)."""
+    data, size, start = await views.read_log(ctl, job.id, attempt_n, rank, offset, LOG_CHUNK,
+                                             LOG_TAIL)
     if job.status not in st.TERMINAL or start + len(data) < size:
         data = data[:_complete_utf8(data)]
     if offset is None and start > 0:

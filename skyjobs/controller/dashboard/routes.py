@@ -329,8 +329,7 @@ async def job_logs(request: web.Request) -> web.Response:
     attempt_n = _small_int(q.get("attempt"), job_.attempt_count)
     rank = _small_int(q.get("rank"), 0)
     offset = _small_int(q.get("offset"), -1) if "offset" in q else -1
-    chunk = await asyncio.to_thread(data.read_log, ctl, job_, attempt_n, rank,
-                                    None if offset < 0 else offset)
+    chunk = await data.read_log(ctl, job_, attempt_n, rank, None if offset < 0 else offset)
     return web.json_response(chunk)
 
 

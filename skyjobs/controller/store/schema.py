@@ -194,6 +194,23 @@ MIGRATIONS: list[str] = [
             ('PENDING', 'PROVISIONING', 'RUNNING', 'RECOVERING', 'CANCELLING')
             OR EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = j.id AND a.released = 0);
     """,
+    # Logs and workdir archives in the database when it is shared (PostgreSQL), so every
+    # controller serves them; SQLite keeps them as files in the state dir (tables unused).
+    """
+    CREATE TABLE log_chunks (
+        job_id INTEGER NOT NULL,
+        attempt_n INTEGER NOT NULL,
+        rank INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (job_id, attempt_n, rank, start)
+    );
+    CREATE TABLE archives (
+        digest TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from skyjobs.controller import payloads
+from skyjobs.controller.store.blobs import BlobSql
 from skyjobs.controller.store.dialect import dialect_for
 from skyjobs.controller.store.leases import FENCE, LeaseSql
 from skyjobs.controller.store.models import (
@@ -41,7 +42,7 @@ RECOVERING = JobStatus.RECOVERING
 Conn = Any  # Conn or dialect.PostgresConnection: the same face
 
 
-class SyncStore(LeaseSql):
+class SyncStore(LeaseSql, BlobSql):
     """The SQL itself. Not thread-safe by design: use it only through :class:`Store`."""
 
     def __init__(self, target: Path | str, hooks: dict[str, frozenset[str]] | None = None,
@@ -589,6 +590,7 @@ class SyncStore(LeaseSql):
             q = ",".join("?" * len(ids))
             attempts = f"SELECT id FROM attempts WHERE job_id IN ({q})"
             for table, where in (("outbox", f"job_id IN ({q})"),
+                                 ("log_chunks", f"job_id IN ({q})"),
                                  ("job_leases", f"job_id IN ({q})"),
                                  ("wakeups", f"job_id IN ({q})"),
                                  ("events", f"job_id IN ({q})"),
@@ -596,8 +598,8 @@ class SyncStore(LeaseSql):
                                  ("attempts", f"job_id IN ({q})"),
                                  ("jobs", f"id IN ({q})")):
                 removed = c.execute(f"DELETE FROM {table} WHERE {where}", ids).rowcount
-                if table in counts:  # (lease and wake-up rows are bookkeeping, not history)
-                    counts[table] = removed
+                if table in counts or (table == "log_chunks" and removed):
+                    counts[table] = removed  # (lease and wake-up rows are bookkeeping)
         return GcBatch(ids, digests, counts)
 
     def gc_history(self, delivered_before: float, zone_events_before: float,
