@@ -46,6 +46,9 @@ def test_a_pipeline_runs_in_order_and_recovers_each_task_alone(controller: Any,
     assert (j["name"], j["tasks"]) == ("train-eval", 2)
     wait_for("task 2 running", lambda: (x := ctl.job(job_id))["current_task"] == 2
              and x["status"] == "RUNNING", timeout=60)
+    # RUNNING means the agent started the task: on a loaded machine its first line may not
+    # have run yet, and a preemption before it would leave no mark of that attempt.
+    wait_for("task 2's first line ran", lambda: (marks / "train").exists(), timeout=30)
     ctl.client.post(f"/api/v1/jobs/{job_id}/preempt", {"notice": 1})
     done = ctl.wait_status(job_id, "SUCCEEDED", "FAILED", timeout=90)
     assert done["status"] == "SUCCEEDED", done
