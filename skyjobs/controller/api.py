@@ -230,14 +230,17 @@ async def submit(request: web.Request) -> web.Response:
                    for spec, st_spec, archive in zip(specs, stored, encoded, strict=True)]
         task = {**entries[0], "tasks": entries} if len(entries) > 1 else entries[0]
         has_archive = any(e["archive"] for e in entries)
-        # This controller took the submit: it holds the new leases and runs the jobs.
-        ids = await _db(ctl, ctl.store.sync.create_jobs, name, task, has_archive, "sky",
-                        num_jobs, len(entries), ctl.member, ctl.config.lease_seconds)
+        # Each job is leased to a live controller (fewest jobs first), which runs it.
+        leased = await _db(ctl, ctl.store.sync.create_leased_jobs, name, task, has_archive,
+                           "sky", num_jobs, len(entries), ctl.member,
+                           ctl.config.lease_seconds)
+        ids = [job_id for job_id, _ in leased]
     finally:
         ctl.archives_in_flight.subtract(saved)
     ctl.wake_webhooks()
-    for job_id in ids:
-        ctl.runners.start(job_id)
+    for job_id, owner in leased:
+        if owner == ctl.member:  # (the others' doorbells rang)
+            ctl.runners.start(job_id)
     log.info("job submitted", job_id=ids[0], name=name, num_jobs=num_jobs, tasks=len(entries))
     reply: dict[str, Any] = {"id": ids[0], "name": name, "status": st.PENDING,
                              "tasks": len(entries)}

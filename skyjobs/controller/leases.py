@@ -16,6 +16,7 @@ delivery) under PostgreSQL advisory locks, so one controller at a time runs each
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from skyjobs.controller.messages import Message
+from skyjobs.controller.store import doorbell
 from skyjobs.controller.store.leases import Wakeup
 from skyjobs.exceptions import SkyjobsError
 from skyjobs.states import MessageKind
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("skyjobs.leases")
 
-WAKEUP_POLL = 0.5  # seconds between drains of the wake-up table (PostgreSQL)
+WAKEUP_POLL = 5.0  # drains without a ring (PostgreSQL): the doorbell's safety net
 WAKEUP_MAX_AGE = 3600.0  # wake-ups nobody took (their job ended) are dropped after this
 
 
@@ -49,6 +51,8 @@ class LeaseKeeper:
         self.lost = 0
         self._forward: list[Wakeup] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._rung = asyncio.Event()  # the doorbell rang: drain wake-ups now
+        self._claim_rung = asyncio.Event()  # a new job was leased to us: adopt it now
 
     @property
     def shared(self) -> bool:
@@ -68,6 +72,16 @@ class LeaseKeeper:
         self._tasks.append(asyncio.create_task(self._renew_loop(), name="lease-renew"))
         if self.shared:
             self._tasks.append(asyncio.create_task(self._wakeup_loop(), name="lease-wakeups"))
+            url = self.sv.config.database_url
+            assert url is not None
+            self._tasks.append(asyncio.create_task(
+                doorbell.listen(url, self.member, self._ring), name="lease-doorbell"))
+
+    def _ring(self, payload: str) -> None:
+        if payload == "claim":
+            self._claim_rung.set()
+        else:
+            self._rung.set()
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
@@ -109,7 +123,10 @@ class LeaseKeeper:
     async def _renew_loop(self) -> None:
         interval = self.lease_s / 3
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._claim_rung.wait()  # a new job for us: at once
+            self._claim_rung.clear()
             try:
                 await self.renew()
                 await self.claim()
@@ -145,7 +162,10 @@ class LeaseKeeper:
         store = self.sv.store
         last_expiry = time.monotonic()
         while True:
-            await asyncio.sleep(WAKEUP_POLL)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WAKEUP_POLL):
+                    await self._rung.wait()
+            self._rung.clear()
             try:
                 for w in await store.call(store.sync.drain_wakeups, self.member):
                     self.sv.runners.post(w.job_id, Message(MessageKind(w.kind), w.attempt_id,

@@ -95,7 +95,7 @@ def test_a_killed_controllers_jobs_are_taken_over_and_finish(cluster: Cluster) -
     victim = procs[0]
     before = owners(procs[1], jobs)
     theirs = [j for j, o in before.items() if o == member_of(victim)]
-    assert len(theirs) == 3, before
+    assert len(theirs) >= 2, before  # (new jobs are spread: fewest leases first)
     attempts_before = {j: len(procs[1].job(j)["attempt_list"]) for j in jobs}
     victim.kill9()
 
@@ -120,9 +120,11 @@ def test_a_paused_owner_is_fenced_off_and_stands_down(cluster: Cluster) -> None:
     procs = cluster.start(2)
     stale, other = procs
     run = "for i in $(seq 1 30); do sleep 1; done; echo finished"
-    jobs = [stale.submit(task(run, name=f"p{i}")) for i in range(2)]
-    for j in jobs:
+    submitted = [stale.submit(task(run, name=f"p{i}")) for i in range(4)]
+    for j in submitted:
         other.wait_status(j, "RUNNING", timeout=60)
+    jobs = [j for j, o in owners(other, submitted).items() if o == member_of(stale)]
+    assert len(jobs) == 2  # spread: two each
     token_before = dict(other.query("SELECT job_id, token FROM job_leases"))
     assert stale.proc is not None
     os.kill(stale.proc.pid, signal.SIGSTOP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def test_a_lapsed_lease_is_not_renewed_but_claimed_again_with_a_new_token(
 def test_a_stale_runner_write_is_refused_and_changes_nothing(db: st.SyncStore) -> None:
     db.register_member("a", "u", "u", "h", 1)
     db.register_member("b", "u", "u", "h", 1)
-    job = db.create_jobs("j", {"spec": {}}, False, "sky", 1, owner="a", lease_s=30)[0]
+    ((job, owner),) = db.create_leased_jobs("j", {"spec": {}}, False, "sky", 1, member="a",
+                                            lease_s=30)
+    assert owner == "a"  # both have no jobs: the one taking the submit keeps it
     fence = db.own_job("a", job)
     reset = FENCE.set(fence)
     try:
@@ -81,7 +84,8 @@ def test_a_stale_runner_write_is_refused_and_changes_nothing(db: st.SyncStore) -
 
 def test_wakeups_go_to_the_owner_once(db: st.SyncStore) -> None:
     db.register_member("a", "u", "u", "h", 1)
-    job = db.create_jobs("j", {"spec": {}}, False, "sky", 1, owner="a", lease_s=30)[0]
+    ((job, _),) = db.create_leased_jobs("j", {"spec": {}}, False, "sky", 1, member="a",
+                                        lease_s=30)
     assert db.add_wakeups([Wakeup(job, 7, 0, "exit")]) == ["a"]
     assert db.drain_wakeups("b") == []
     assert db.drain_wakeups("a") == [Wakeup(job, 7, 0, "exit")]
@@ -97,6 +101,9 @@ def test_one_member_at_a_time_holds_a_singleton_duty(store_target: Path | str) -
         assert not b.hold_duty("webhooks")
         assert b.hold_duty("poll_prices")
         a.close()  # its session ends (as on kill -9): the lock goes free
+        deadline = time.monotonic() + 5  # (once the server's backend has exited)
+        while not b.hold_duty("webhooks") and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert b.hold_duty("webhooks")
     finally:
         a.close()

@@ -165,14 +165,27 @@ class LeaseSql:
             return Fence(job_id, member, int(row[0]))
 
     def assign_new_jobs(self, c: Any, job_ids: list[int], member: str | None,
-                        lease_s: float) -> None:
-        """Inside create_jobs' transaction: the new jobs' leases, owned by ``member`` (the
-        controller that took the submit), or claimable by any when None."""
+                        lease_s: float) -> list[str | None]:
+        """Inside create_jobs' transaction: the new jobs' leases, spread over the live
+        controllers, fewest leases first (an array round-robin), each ringing its owner's
+        doorbell; ``member`` (the controller that took the submit) when it is the only one
+        live; claimable by any when None. Returns each job's owner."""
         now = self._now(c)
-        for job_id in job_ids:
+        owners: list[str | None] = [member] * len(job_ids)
+        if member is not None and self.d.name == "postgres":
+            live = [r[0] for r in c.execute(
+                "SELECT m.id FROM controllers m WHERE m.stopped_at IS NULL AND"
+                " m.heartbeat_at > ? ORDER BY (SELECT COUNT(*) FROM job_leases l WHERE"
+                " l.owner = m.id), m.id = ? DESC, m.id", (now - lease_s, member))]
+            if live:
+                owners = [live[i % len(live)] for i in range(len(job_ids))]
+        for job_id, owner in zip(job_ids, owners, strict=True):
             c.execute("INSERT INTO job_leases(job_id, owner, token, expires_at, acquired_at)"
                       " VALUES (?, ?, 0, ?, ?)",
-                      (job_id, member, now + lease_s if member else 0, now))
+                      (job_id, owner, now + lease_s if owner else 0, now))
+        for owner in sorted({o for o in owners if o and o != member}):
+            c.execute("SELECT pg_notify(?, 'claim')", (channel(owner),))
+        return owners
 
     def owner_of(self, job_id: int) -> tuple[str | None, str | None]:
         """(owner member, its agent URL) of a job's unexpired lease, else (None, None)."""

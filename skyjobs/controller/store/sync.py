@@ -97,11 +97,18 @@ class SyncStore(LeaseSql, BlobSql):
         return self.create_jobs(name, task, has_archive, task_id_prefix, 1)[0]
 
     def create_jobs(self, name: str, task: dict[str, Any], has_archive: bool,
-                    task_id_prefix: str, count: int, task_count: int = 1,
-                    owner: str | None = None, lease_s: float = 30.0) -> list[int]:
+                    task_id_prefix: str, count: int, task_count: int = 1) -> list[int]:
         """One job, or a job array of ``count`` (ranks 0..count-1, all or none stored),
-        each with its lease: held by ``owner`` (the controller that took the submit and
-        starts its runner), or claimable by any controller when None."""
+        each with a lease any controller may claim."""
+        return [job_id for job_id, _ in self.create_leased_jobs(
+            name, task, has_archive, task_id_prefix, count, task_count)]
+
+    def create_leased_jobs(self, name: str, task: dict[str, Any], has_archive: bool,
+                           task_id_prefix: str, count: int, task_count: int = 1,
+                           member: str | None = None,
+                           lease_s: float = 30.0) -> list[tuple[int, str | None]]:
+        """create_jobs, with each job leased to a live controller (see assign_new_jobs;
+        ``member``: the one taking the submit). Returns (job id, owner) pairs."""
         now = time.time()
         ids: list[int] = []
         with self._tx() as c:
@@ -119,8 +126,8 @@ class SyncStore(LeaseSql, BlobSql):
                 reason = f"submitted (array {ids[0]}, rank {rank})" if count > 1 \
                     else "submitted"
                 self._event(c, job_id, "transition", None, PENDING, reason, now=now)
-            self.assign_new_jobs(c, ids, owner, lease_s)
-        return ids
+            owners = self.assign_new_jobs(c, ids, member, lease_s)
+        return list(zip(ids, owners, strict=True))
 
     def get_job(self, job_id: int) -> Job:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
