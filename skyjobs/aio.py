@@ -177,6 +177,9 @@ class AsyncClient:
     async def health(self) -> m.Health:
         return await self._call(sdk.call_health())
 
+    async def controllers(self) -> m.Controllers:
+        return await self._call(sdk.call_controllers())
+
     async def healthy(self) -> bool:
         try:
             await self._send("GET", "/api/v1/health")

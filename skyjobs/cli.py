@@ -240,11 +240,20 @@ def queue(obj: Ctx, statuses: str | None, name: str | None, array: int | None, a
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=int, required=False)
+@click.option("--controllers", "show_controllers", is_flag=True,
+              help="Show the controllers sharing the store instead: live or not, jobs each "
+                   "runs, and the singleton duties of the one that answered.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def status(obj: Ctx, job_id: int, as_json: bool) -> None:
-    """Show one job: state, placement, attempts and cost."""
+def status(obj: Ctx, job_id: int | None, show_controllers: bool, as_json: bool) -> None:
+    """Show one job: state, placement, attempts and cost (or, with --controllers, which
+    controller runs how many jobs)."""
+    if show_controllers:
+        _show_controllers(obj, as_json)
+        return
+    if job_id is None:
+        raise click.UsageError("give a JOB_ID, or --controllers")
     j = obj.client().get(job_id)
     if as_json:
         click.echo(json.dumps(_as_json(j), indent=2))
@@ -267,6 +276,19 @@ def status(obj: Ctx, job_id: int, as_json: bool) -> None:
     if rows:
         click.echo(table(rows, ["ATTEMPT", "TASK", "PLACEMENT", "STATUS", "ENDED BY",
                                  "LAUNCHED", "COST"]))
+
+
+def _show_controllers(obj: Ctx, as_json: bool) -> None:
+    c = obj.client().controllers()
+    if as_json:
+        click.echo(json.dumps(_as_json(c), indent=2))
+        return
+    rows = [[m.id + (" *" if m.id == c.this else ""), "live" if m.live else
+             ("stopped" if m.stopped_at else "silent"), str(m.jobs),
+             fmt_duration(m.heartbeat_age), m.agent_url or m.url or "-",
+             ", ".join(c.duties) if m.id == c.this else "-"]
+            for m in c.controllers]
+    click.echo(table(rows, ["CONTROLLER", "STATE", "JOBS", "HEARD", "URL", "DUTIES"]))
 
 
 @main.command()

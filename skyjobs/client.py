@@ -281,6 +281,10 @@ class Client:
     def health(self) -> m.Health:
         return self._call(sdk.call_health())
 
+    def controllers(self) -> m.Controllers:
+        """The controllers sharing the store (one, on SQLite) and what each runs."""
+        return self._call(sdk.call_controllers())
+
     def healthy(self) -> bool:
         try:
             self._send("GET", "/api/v1/health")

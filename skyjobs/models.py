@@ -576,6 +576,30 @@ class Health(_Reply):
     live_runners: int = 0
 
 
+class ControllerInfo(_Reply):
+    """One controller registered on the store (several share a PostgreSQL database)."""
+
+    id: str
+    url: str | None = None
+    agent_url: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    live: bool
+    jobs: int  # leases it holds now
+    heartbeat_age: float  # seconds since it last renewed its leases
+    started_at: float
+    stopped_at: float | None = None
+
+
+class Controllers(_Reply):
+    """Every controller on the store, and which one answered with the singleton duties it
+    holds (price polls, orphan sweep, retention, webhooks)."""
+
+    this: str
+    duties: list[str]
+    controllers: list[ControllerInfo]
+
+
 class Submitted(_Reply):
     """The reply to a submit: the job's id (a job array: every id, the first is the
     array's id)."""

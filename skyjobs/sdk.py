@@ -319,6 +319,10 @@ def call_health() -> Call[m.Health]:
     return Call("GET", "/api/v1/health", m.Health.model_validate)
 
 
+def call_controllers() -> Call[m.Controllers]:
+    return Call("GET", "/api/v1/controllers", m.Controllers.model_validate)
+
+
 def call_get(job: JobRef) -> Call[m.Job]:
     return Call("GET", f"/api/v1/jobs/{job_id(job)}", m.Job.model_validate)
 

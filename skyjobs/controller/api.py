@@ -495,6 +495,16 @@ async def health(request: web.Request) -> web.Response:
                               "live_runners": len(ctl.runners)})
 
 
+async def controllers(request: web.Request) -> web.Response:
+    ctl = request.app[CTL]
+    members = await _db(ctl, ctl.store.sync.members, ctl.config.lease_seconds)
+    duties = await _db(ctl, ctl.store.sync.held_duties)
+    keys = ("id", "url", "agent_url", "host", "pid", "live", "jobs", "heartbeat_age",
+            "started_at", "stopped_at")
+    return web.json_response({"this": ctl.member, "duties": duties,
+                              "controllers": [{k: m[k] for k in keys} for m in members]})
+
+
 async def metrics(request: web.Request) -> web.Response:
     body, content_type = await request.app[CTL].render_metrics()
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -706,6 +716,7 @@ def make_app(ctl: Services) -> web.Application:
     app.add_routes([
         web.get("/api/v1/openapi.json", openapi_document),
         web.get("/api/v1/health", health),
+        web.get("/api/v1/controllers", controllers),
         web.post("/api/v1/jobs", submit),
         web.get("/api/v1/jobs", list_jobs),
         web.get("/api/v1/jobs/{job}", get_job),

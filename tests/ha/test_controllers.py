@@ -8,8 +8,11 @@ once resumed, writes nothing more for those jobs and stands down.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +117,17 @@ def test_a_killed_controllers_jobs_are_taken_over_and_finish(cluster: Cluster) -
     assert len(ids) == len(set(ids))  # no instance id launched twice
     wait_for("every instance released", lambda: procs[1].query(
         "SELECT COUNT(*) FROM attempts WHERE released=0")[0][0] == 0, timeout=60)
+
+    # What an operator sees: the dead controller is no longer live; duties moved on.
+    out = subprocess.run([sys.executable, "-m", "skyjobs", "--state-dir", str(procs[1].state_dir),
+                          "status", "--controllers", "--json"], capture_output=True, text=True,
+                         timeout=60, env=procs[1].env)
+    assert out.returncode == 0, out.stderr
+    seen = {c["id"]: c for c in json.loads(out.stdout)["controllers"]}
+    assert not seen[member_of(victim)]["live"]
+    assert all(seen[member_of(p)]["live"] for p in procs[1:])
+    duties = [set(p.client.controllers().duties) for p in procs[1:]]
+    assert not duties[0] & duties[1]  # each duty held by one controller
 
 
 def test_a_paused_owner_is_fenced_off_and_stands_down(cluster: Cluster) -> None:

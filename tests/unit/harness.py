@@ -39,6 +39,17 @@ class Harness:
         tok = token if token is not None else self.ctl.sessions.agent_token(attempt_id)
         return await self.api("POST", f"/agent/v1/attempts/{attempt_id}/events", event, tok)
 
+    async def write_log(self, job_id: int, data: bytes, *, rank: int = 0, n: int = 1,
+                        offset: int | None = None) -> None:
+        """Put bytes into a node's log where the controller keeps it (a file, or rows of a
+        shared store), at ``offset`` (default: its end), as an agent's post would."""
+        from skyjobs.controller import views
+
+        sv = self.ctl.services
+        if offset is None:
+            _, offset, _ = await views.read_log(sv, job_id, n, rank, None, 0)
+        await sv.logs.append(views.log_target(sv, job_id, n, rank), offset, data)
+
     async def job(self, job_id: int) -> dict[str, Any]:
         status, body = await self.api("GET", f"/api/v1/jobs/{job_id}")
         assert status == 200, body

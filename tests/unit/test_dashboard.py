@@ -116,8 +116,13 @@ async def test_secrets_are_never_rendered(h: Harness) -> None:
 
 async def test_jobs_page_in_sql_at_ten_thousand_jobs(h: Harness) -> None:
     s = h.ctl.store.sync
-    for i in range(10):
-        await h.ctl.store.call(s.create_jobs, f"sweep-{i}", {"spec": TASK}, False, "sky", 1000)
+    def park(i: int) -> None:  # jobs no controller here runs: rows for the page to page
+        ids = s.create_jobs(f"sweep-{i}", {"spec": TASK}, False, "sky", 1000)
+        s.conn.execute("UPDATE job_leases SET owner='elsewhere', expires_at=1e12 WHERE"
+                       f" job_id BETWEEN {ids[0]} AND {ids[-1]}")
+
+    for i in range(10):  # (one store call each: no lease claim can come in between)
+        await h.ctl.store.call(park, i)
     await h.ctl.store.call(s.create_job, "the_odd_one%", {"spec": TASK}, False, "sky")
     cookie, _ = await login(h)
     t0 = time.monotonic()

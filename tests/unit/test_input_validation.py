@@ -14,7 +14,6 @@ import pytest
 
 from skyjobs import cli
 from skyjobs.client import Client
-from skyjobs.controller import views
 from skyjobs.exceptions import SpecError
 from skyjobs.spec import TaskSpec, load_task, parse_task
 from tests.unit.harness import TASK, Harness, until
@@ -240,6 +239,11 @@ async def test_concurrent_submits_of_one_workdir_both_succeed(h: Harness) -> Non
     body = {"task": TASK, "archive": archive}
     replies = await asyncio.gather(*[h.api("POST", "/api/v1/jobs", body) for _ in range(6)])
     assert [status for status, _ in replies] == [201] * 6
+    if h.ctl.config.database_url is not None:  # shared store: one row, no file
+        rows = await h.ctl.store.call(h.ctl.store.sync.archive_rows_before, float("inf"), ())
+        assert len(rows) == 1
+        assert list((h.ctl.state_dir / "archives").iterdir()) == []
+        return
     archives = list((h.ctl.state_dir / "archives").iterdir())
     assert len(archives) == 1 and archives[0].stat().st_mode & 0o077 == 0
 
@@ -292,9 +296,7 @@ async def test_log_chunks_never_split_a_character(h: Harness) -> None:
     await h.wait_status(job_id, "PROVISIONING")
     # A 3-byte character straddles the 1 MiB chunk boundary; more follow.
     text = "a" * ((1 << 20) - 1) + "€" + "ünïcödé ✓ 日本語\n" * 1000
-    path = views.log_path(h.ctl, job_id, 1, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text.encode())
+    await h.write_log(job_id, text.encode())
     got, offset = [], 0
     while True:
         status, reply = await h.api("GET", f"/api/v1/jobs/{job_id}/logs?offset={offset}")
@@ -309,12 +311,10 @@ async def test_log_chunks_never_split_a_character(h: Harness) -> None:
 async def test_a_live_log_ending_mid_character_waits_for_the_rest(h: Harness) -> None:
     job_id = await submit(h)
     await h.wait_status(job_id, "PROVISIONING")
-    path = views.log_path(h.ctl, job_id, 1, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes("x€".encode()[:-1])  # the agent shipped a chunk ending mid-character
+    await h.write_log(job_id, "x€".encode()[:-1])  # a chunk ending mid-character
     _, reply = await h.api("GET", f"/api/v1/jobs/{job_id}/logs")
     assert (reply["data"], reply["next_offset"]) == ("x", 1)
-    path.write_bytes("x€y".encode())
+    await h.write_log(job_id, "x€y".encode(), offset=0)
     _, reply = await h.api("GET", f"/api/v1/jobs/{job_id}/logs?offset=1")
     assert (reply["data"], reply["next_offset"]) == ("€y", 5)
 

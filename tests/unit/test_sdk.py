@@ -23,7 +23,6 @@ import pytest
 import skyjobs
 from skyjobs import models, spec
 from skyjobs.cli import _LiveStatus
-from skyjobs.controller import views
 from skyjobs.exceptions import (
     ApiError,
     ApiNotFoundError,
@@ -89,9 +88,7 @@ async def test_logs_iterate_every_attempt_and_follow_to_the_end(h: Harness) -> N
     c = client(h)
     job = await blocking(c.submit, TASK)
     aid = await h.run_to_running(job.id)
-    path = views.log_path(h.ctl, job.id, 1, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("héllo\n")
+    await h.write_log(job.id, "héllo\n".encode())
     assert "".join(await blocking(lambda: list(c.logs(job)))) == "héllo\n"
     chunks: list[str] = []
 
@@ -101,8 +98,7 @@ async def test_logs_iterate_every_attempt_and_follow_to_the_end(h: Harness) -> N
 
     follower = asyncio.create_task(blocking(follow))
     await asyncio.sleep(0.3)
-    with path.open("a") as fh:
-        fh.write("wörld\n")
+    await h.write_log(job.id, "wörld\n".encode())
     await h.agent(aid, {"kind": "exit", "exit_code": 0, "rank": 0})
     await asyncio.wait_for(follower, 30)
     assert "".join(chunks) == "héllo\nwörld\n"
@@ -180,9 +176,7 @@ async def test_async_client_mirrors_the_blocking_one(h: Harness) -> None:
         aid = await h.run_to_running(job.id)
         assert (await c.get(job)).status == "RUNNING"
         assert [j.id for j in await c.queue(status="RUNNING")] == [job.id]
-        path = views.log_path(h.ctl, job.id, 1, 0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("line\n")
+        await h.write_log(job.id, b"line\n")
         waiting = asyncio.create_task(c.wait(job, timeout=30, poll=0.1))
         await h.agent(aid, {"kind": "exit", "exit_code": 3, "rank": 0})
         ended = await waiting

@@ -137,19 +137,21 @@ class LeaseSql:
             picked = c.execute(
                 "SELECT job_id, owner FROM job_leases WHERE owner IS NULL OR expires_at<=?"
                 f" ORDER BY job_id LIMIT ?{self.d.skip_locked}", (now, quota)).fetchall()
-            out: list[tuple[int, int, str | None]] = []
-            for job_id, previous in picked:
-                token = c.execute(
+            previous = {r[0]: r[1] for r in picked}
+            tokens: dict[int, int] = {}
+            ids = sorted(previous)
+            for i in range(0, len(ids), 500):  # a dead peer's thousands: few statements
+                chunk = ids[i:i + 500]
+                tokens.update((r[0], int(r[1])) for r in c.execute(
                     "UPDATE job_leases SET owner=?, token=token+1, expires_at=?, acquired_at=?"
-                    " WHERE job_id=? RETURNING token",
-                    (member, now + lease_s, now, job_id)).fetchone()[0]
-                if previous is not None and previous != member:
-                    c.execute("INSERT INTO events(job_id, at, kind, reason) VALUES"
-                              " (?, ?, 'info', ?)", (job_id, time.time(),
-                                                     f"controller {member} took the job over"
-                                                     f" from {previous} (lease token {token})"))
-                out.append((job_id, int(token), previous))
-        return out
+                    f" WHERE job_id IN ({','.join('?' * len(chunk))}) RETURNING job_id, token",
+                    (member, now + lease_s, now, *chunk)))
+            at = time.time()
+            c.executemany("INSERT INTO events(job_id, at, kind, reason) VALUES (?, ?, 'info', ?)",
+                          [(j, at, f"controller {member} took the job over from {previous[j]}"
+                                   f" (lease token {tokens[j]})")
+                           for j in ids if previous[j] is not None and previous[j] != member])
+        return [(j, tokens[j], previous[j]) for j in ids]
 
     def own_job(self, member: str, job_id: int) -> Fence:
         """A runner starts: a new token for it alone (so even a stale task of this same
@@ -223,6 +225,12 @@ class LeaseSql:
         else:
             held.pop(name, None)
         return got
+
+    def held_duties(self) -> list[str]:
+        if self.d.name == "sqlite":
+            return ["poll_prices", "retention", "sweep_orphans", "webhooks"]
+        held: dict[str, int] = self.__dict__.get("_duties_held", {})
+        return sorted(n for n, g in held.items() if g == self.conn.generation)
 
     # --- wake-ups --------------------------------------------------------------------------
 
