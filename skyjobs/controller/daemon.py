@@ -45,7 +45,7 @@ from skyjobs.controller.runners import Runners
 from skyjobs.controller.services import MEMORY_HORIZON, Services
 from skyjobs.controller.sessions import AgentSessions
 from skyjobs.controller.webhooks import WebhookDispatcher, store_hooks
-from skyjobs.exceptions import ConfigError
+from skyjobs.exceptions import ConfigError, SkyjobsError
 from skyjobs.fsutil import atomic_write, private_dir, private_umask
 from skyjobs.pricing.catalog import Catalog
 from skyjobs.pricing.prices import PriceBook
@@ -99,6 +99,7 @@ class Controller:
         self._http: web.AppRunner | None = None
         self._duties: Duties | None = None
         self._keeper: LeaseKeeper | None = None
+        self._died: str | None = None  # the side task whose death stopped the daemon
         self._side_tasks: list[asyncio.Task[Any]] = []
         self._store: st.Store | None = None
         self._store_ok_at = 0.0
@@ -306,8 +307,11 @@ class Controller:
 
         duties.add("sweep_orphans", monitor.sweep_orphans, ORPHAN_SWEEP_INTERVAL, now=True,
                    only_if=leading("sweep_orphans"))
-        duties.add("poll_prices", poller.poll, self.config.price_poll_interval, now=True,
-                   only_if=leading("poll_prices"))
+        is_poller = leading("poll_prices")
+
+        async def prices() -> None:  # the poller polls; the others read what it saved
+            await (poller.poll() if await is_poller() else poller.reload())
+        duties.add("poll_prices", prices, self.config.price_poll_interval, now=True)
         if self.config.retention_days > 0:
             async def collect() -> None:
                 await sv.collect_garbage()
@@ -420,6 +424,7 @@ class Controller:
                 return
             log.error("side task died; stopping", task=t.get_name(),
                       error=repr(t.exception()) if t.exception() else None)
+            self._died = self._died or t.get_name()
             self._stop.set()
 
         task.add_done_callback(done)
@@ -427,10 +432,21 @@ class Controller:
     # --- health ------------------------------------------------------------------------------
 
     async def _probe_store(self) -> None:
+        """Is the store there (for the watchdog)? And is its schema still one this code
+        knows: another controller of a newer version may have migrated it, and this one
+        would misread what it added, so it stops (systemd restarts it on the new code)."""
         store = self.services.store
         while True:
-            await store.call(store.sync.schema_version)
-            self._store_ok_at = time.time()
+            try:
+                version = await store.call(store.sync.schema_version)
+            except SkyjobsError as err:  # away for now: the watchdog judges how long
+                log.warning("store probe failed", error=str(err))
+            else:
+                if version > len(st.MIGRATIONS):
+                    raise ConfigError(f"the store's schema rose to version {version}, newer "
+                                      f"than this skyjobs knows ({len(st.MIGRATIONS)}): "
+                                      "stopping; upgrade skyjobs to run on it")
+                self._store_ok_at = time.time()
             await asyncio.sleep(HEALTH_PROBE_INTERVAL)
 
     def healthy(self) -> bool:
@@ -465,6 +481,8 @@ class Controller:
             finally:
                 for sig in signals:
                     loop.remove_signal_handler(sig)
+        if self._died:  # not asked to stop: exit non-zero so systemd restarts it
+            raise SystemExit(f"skyjobs controller: {self._died} stopped working; exiting")
 
     async def shutdown(self, grace_s: float = SHUTDOWN_GRACE) -> None:
         """Stop taking work and exit; instances are left alone for the next start."""

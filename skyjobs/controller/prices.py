@@ -57,6 +57,12 @@ class PricePoller:
                          for c in match(spec, self.catalog, with_on_demand_twins=True)
                          if c.placement.use_spot or c.placement.offering.spot_price is not None)
 
+    async def reload(self) -> None:
+        """Take the prices another controller polled (several share the store; one polls)."""
+        for cloud, region, zone, itype, price, at in await self.store.call(
+                self.store.sync.load_prices):
+            self.price_book.observe((cloud, region, zone, itype), price, at)
+
     async def poll(self) -> None:
         """Refresh spot prices of the offerings live jobs can use, per provider."""
         wanted = await self.offerings_in_use()

@@ -72,6 +72,8 @@ class Runners:
         task = self.tasks.get(job_id)
         if task is not None:
             task.cancel()
+        if self._services is not None:
+            self._services.sessions.forget_job(job_id)
 
     async def _run(self, runner: JobRunner) -> None:
         crashes = provider_errors = 0
@@ -121,6 +123,8 @@ class Runners:
         runner.log.warning("not this controller's job (any more): standing down",
                            error=str(err))
         self.jobs.pop(runner.job_id, None)
+        if isinstance(err, LeaseLostError) and self._services is not None:
+            self._services.sessions.forget_job(runner.job_id)
         while not runner.inbox.empty():
             self.post(runner.job_id, runner.inbox.get_nowait())
 

@@ -241,6 +241,12 @@ class AgentSessions:
         for rank in ranks:
             self.last_seen.pop((attempt_id, rank), None)
 
+    def forget_job(self, job_id: int) -> None:
+        """Another controller took the job over: what this one knew of its attempts goes
+        (the new owner tracks them; kept here, they would never be dropped)."""
+        for attempt in [a for a in self._attempts.values() if a.job_id == job_id]:
+            self.forget(attempt.id)
+
     def sizes(self) -> dict[str, int]:
         """How many entries each map holds (the retention test's and /metrics' view)."""
         return {"attempts": len(self._attempts), "ips": len(self._ips),

@@ -156,3 +156,20 @@ def test_a_paused_owner_is_fenced_off_and_stands_down(cluster: Cluster) -> None:
         assert done["status"] == "SUCCEEDED", (j, other.events(j))
         assert len(done["attempt_list"]) == 1, other.events(j)  # nobody relaunched it
     assert owners(other, jobs) == {} or set(owners(other, jobs).values()) == {member_of(other)}
+
+
+def test_every_controller_stops_when_a_newer_schema_appears(cluster: Cluster) -> None:
+    procs = cluster.start(2)
+    import psycopg
+
+    from skyjobs.controller.store import MIGRATIONS
+
+    with psycopg.connect(cluster.url, autocommit=True) as conn:  # a newer skyjobs migrated
+        conn.execute("INSERT INTO schema_migrations(version, applied_at) VALUES (%s, 0)",
+                     (len(MIGRATIONS) + 1,))
+    for p in procs:
+        assert p.proc is not None
+        code = wait_for("the controller to stop", lambda p=p: p.proc.poll() is not None,
+                        timeout=30)
+        assert code and p.proc.returncode != 0  # systemd restarts it, on the new code
+        assert "newer than this skyjobs knows" in full_log(p)
