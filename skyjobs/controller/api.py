@@ -635,7 +635,8 @@ async def _owner_elsewhere(ctl: Services, attempt: st.Attempt) -> dict[str, Any]
     gate and judges silence. Reports (events, logs) are taken here and forwarded."""
     if ctl.config.database_url is None or attempt.job_id in ctl.runners:
         return None
-    owner, url = await _db(ctl, ctl.store.sync.owner_of, attempt.job_id)
+    owner, url = await _db(ctl, ctl.store.sync.owner_of, attempt.job_id,
+                           ctl.config.lease_seconds)
     if owner is None or owner == ctl.member or not url:
         return None  # nobody holds it (yet): answer as usual
     return {"go": False, "drain": False,

@@ -238,6 +238,7 @@ class Controller:
         store = sv.store
         for attempt in await store.call(store.sync.unreleased_attempts, job_ids):
             sv.sessions.remember(attempt)
+            sv.sessions.adopted(attempt.id)
         for job in sorted(await store.call(store.sync.jobs_by_id, job_ids), key=lambda j: j.id):
             if job.status in st.LIVE:
                 sv.runners.start(job.id)  # re-attach, or recover what vanished meanwhile

@@ -218,6 +218,12 @@ class AgentSessions:
         """The cloud accepted this attempt's launch (instances may not be visible yet)."""
         self._launched_at[attempt_id] = time.monotonic()
 
+    def adopted(self, attempt_id: int) -> None:
+        """This controller took over an attempt another one launched (a restart, or a
+        takeover): its agents need time to find this controller (a redirect, a failover),
+        so silence counts from now, as after a launch, not from this process's start."""
+        self._launched_at.setdefault(attempt_id, time.monotonic())
+
     def since_launch(self, attempt_id: int) -> float:
         """Seconds since the launch went through (or since this controller started, for an
         attempt an earlier controller launched)."""

@@ -33,12 +33,12 @@ class Cluster:
         self.cloud = tmp / "cloud"
         self.procs: list[ControllerProc] = []
 
-    def start(self, n: int) -> list[ControllerProc]:
+    def start(self, n: int, **extra: str) -> list[ControllerProc]:
         for i in range(n):
             env = {"SKYJOBS_DATABASE_URL": self.url, "SKYJOBS_LOCAL_CLOUD_DIR": str(self.cloud),
                    "SKYJOBS_LEASE_SECONDS": str(LEASE),
                    # Silence is judged by the owner alone; give failed-over agents time.
-                   "SKYJOBS_HEARTBEAT_TIMEOUT": "10", "SKYJOBS_SILENT_WINDOW": "30"}
+                   "SKYJOBS_HEARTBEAT_TIMEOUT": "10", "SKYJOBS_SILENT_WINDOW": "30", **extra}
             self.procs.append(ControllerProc(self.tmp / f"c{i}", env).start())
         # Each learns its peers at its next lease renewal (launches carry the list).
         wait_for("every controller registered", lambda: len(self.procs[0].query(
@@ -90,7 +90,10 @@ def member_of(c: ControllerProc) -> str:
 
 
 def test_a_killed_controllers_jobs_are_taken_over_and_finish(cluster: Cluster) -> None:
-    procs = cluster.start(3)
+    # A silent window shorter than the survivors' uptime at the takeover: an adopted agent
+    # must get it from the adoption (it has to find its new owner first), not from the
+    # owner's own start, or healthy jobs would be relaunched.
+    procs = cluster.start(3, SKYJOBS_SILENT_WINDOW="12", SKYJOBS_HEARTBEAT_TIMEOUT="4")
     run = "for i in $(seq 1 25); do sleep 1; done; echo finished"
     jobs = [procs[i % 3].submit(task(run, name=f"j{i}")) for i in range(9)]
     for j in jobs:

@@ -30,18 +30,33 @@ def dump(db: st.SyncStore, job: int) -> object:
     return (db.get_job(job), db.events(job), db.attempts_of(job), db.outbox_stats())
 
 
-def test_two_members_split_the_free_leases_and_a_claim_bumps_the_token(
-        db: st.SyncStore) -> None:
+def test_survivors_split_a_dead_members_leases_in_one_round(db: st.SyncStore) -> None:
+    for m in ("a", "b", "dead"):
+        db.register_member(m, f"http://{m}", f"http://{m}", "h", 1)
+    jobs = [db.create_job("j", {"spec": {}}, False, "sky") for _ in range(6)]
+    assert {j for j, _, _ in db.claim_leases("dead", 30)} == set(jobs)  # unowned: anyone's
+    db.conn.execute("UPDATE controllers SET heartbeat_at = 0 WHERE id = 'dead'")
+    db.conn.execute("UPDATE job_leases SET expires_at = ?", (time.time() - 1,))  # just now
+    first = db.claim_leases("a", 30)
+    second = db.claim_leases("b", 30)
+    assert len(first) == 3 and len(second) == 3  # each its part, in one scan
+    assert {j for j, _, _ in first} | {j for j, _, _ in second} == set(jobs)
+    assert all(token == 2 and previous == "dead" for _, token, previous in first + second)
+    assert db.claim_leases("a", 30) == []  # nothing free is left
+
+
+def test_a_part_nobody_took_goes_to_whoever_scans_next(db: st.SyncStore) -> None:
     for m in ("a", "b"):
         db.register_member(m, f"http://{m}", f"http://{m}", "h", 1)
     jobs = [db.create_job("j", {"spec": {}}, False, "sky") for _ in range(4)]
-    first = db.claim_leases("a", 30)
-    assert len(first) == 2 and all(token == 1 for _, token, _ in first)
-    claimed = {j for j, _, _ in first}
-    for _ in range(4):  # each scan takes its share of what is still free
-        claimed |= {j for j, _, _ in db.claim_leases("b", 30)}
-    assert claimed == set(jobs)
-    assert db.claim_leases("a", 30) == []  # nothing free is left
+    db.claim_leases("a", 30)
+    db.conn.execute("UPDATE job_leases SET expires_at = ?", (time.time() - 1,))
+    assert len(db.claim_leases("a", 30)) == 2  # b's part waits for b...
+    db.conn.execute("UPDATE job_leases SET expires_at = ? WHERE owner = 'a' AND token = 1",
+                    (time.time() - 20,))  # ...until it stayed free past half a lease
+    assert {j for j, _, _ in db.claim_leases("a", 30)} | {
+        j for j, o in db.conn.execute("SELECT job_id, owner FROM job_leases")
+        if o == "a"} == set(jobs)
 
 
 def test_a_lapsed_lease_is_not_renewed_but_claimed_again_with_a_new_token(

@@ -120,23 +120,24 @@ class LeaseSql:
 
     def claim_leases(self, member: str, lease_s: float,
                      limit: int | None = None) -> list[tuple[int, int, str | None]]:
-        """Take unowned and expired leases: a fair share of them (claimable / live members,
-        so survivors split a dead member's jobs), with a new token each and an info event
-        on each job. Returns (job id, token, previous owner)."""
+        """Take unowned and expired leases: this member's part of them (job id modulo the
+        live members, so survivors split a dead member's jobs in one round), and any that
+        stayed free for more than a scan (a part whose member went too, or unowned ones),
+        each with a new token and an info event. Returns (job id, token, previous owner)."""
         with self._tx() as c:
             now = self._now(c)
-            claimable = int(c.execute("SELECT COUNT(*) FROM job_leases WHERE owner IS NULL OR"
-                                      " expires_at<=?", (now,)).fetchone()[0])
-            if claimable == 0:
-                return []
-            live = int(c.execute("SELECT COUNT(*) FROM controllers WHERE stopped_at IS NULL"
-                                 " AND heartbeat_at>?", (now - lease_s,)).fetchone()[0])
-            quota = -(-claimable // max(1, live))
-            if limit is not None:
-                quota = min(quota, limit)
+            live = [r[0] for r in c.execute(
+                "SELECT id FROM controllers WHERE stopped_at IS NULL AND heartbeat_at>?"
+                " ORDER BY id", (now - lease_s,))]
+            parts, mine = (len(live), live.index(member)) if member in live else (1, 0)
+            # A lease is renewed every lease/3: one free for longer than half a lease past
+            # its expiry was not taken by the member whose part it is.
+            stale = now - lease_s / 2
             picked = c.execute(
-                "SELECT job_id, owner FROM job_leases WHERE owner IS NULL OR expires_at<=?"
-                f" ORDER BY job_id LIMIT ?{self.d.skip_locked}", (now, quota)).fetchall()
+                "SELECT job_id, owner FROM job_leases WHERE (owner IS NULL OR expires_at<=?)"
+                " AND (job_id % ? = ? OR expires_at < ?) ORDER BY job_id LIMIT ?"
+                f"{self.d.skip_locked}",
+                (now, parts, mine, stale, limit if limit is not None else 1 << 30)).fetchall()
             previous = {r[0]: r[1] for r in picked}
             tokens: dict[int, int] = {}
             ids = sorted(previous)
@@ -189,13 +190,16 @@ class LeaseSql:
             c.execute("SELECT pg_notify(?, 'claim')", (channel(owner),))
         return owners
 
-    def owner_of(self, job_id: int) -> tuple[str | None, str | None]:
-        """(owner member, its agent URL) of a job's unexpired lease, else (None, None)."""
+    def owner_of(self, job_id: int, lease_s: float = 30.0) -> tuple[str | None, str | None]:
+        """(owner member, its agent URL) of a job's unexpired lease whose owner renewed
+        within half a lease (a dead owner's lease runs on until it expires: sending agents
+        there would bounce them off it), else (None, None)."""
         with self._tx() as c:
             now = self._now(c)
-            row = c.execute("SELECT l.owner, m.agent_url FROM job_leases l LEFT JOIN"
+            row = c.execute("SELECT l.owner, m.agent_url FROM job_leases l JOIN"
                             " controllers m ON m.id = l.owner WHERE l.job_id=? AND"
-                            " l.expires_at>?", (job_id, now)).fetchone()
+                            " l.expires_at>? AND m.heartbeat_at>?",
+                            (job_id, now, now - lease_s / 2)).fetchone()
         return (row[0], row[1]) if row is not None else (None, None)
 
     def owned_live_jobs(self, member: str) -> list[int]:
