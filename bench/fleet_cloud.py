@@ -12,6 +12,13 @@ job's log, which gains a line every ``--log-every`` seconds, once per that or th
 interval the controller asks for, whichever is longer. Requests the controller does not
 answer (a restart) are retried as the real agent retries them.
 
+Several controllers (docs/ha.md): an agent knows ``SKYJOBS_CONTROLLER_URLS`` (owner first)
+and fails over as ``skyjobs/node/client.py`` does: one pass over the list from the
+controller that answered last, moving on at a connection error, a timeout or a 502/503/504;
+each heartbeat answer's ``controllers`` replaces the list, and the current controller stays
+current while listed. ``--agents-follow-owner`` instead moves to the answer's first entry
+(the owner), as docs/ha.md describes.
+
 The driver (``bench/fleet.py``) plays the scenarios through ``/ctl/...``:
 
     GET  /ctl/stats[?reset=1]   counts, heartbeat round trips (since the last reset),
@@ -24,6 +31,9 @@ The driver (``bench/fleet.py``) plays the scenarios through ``/ctl/...``:
     POST /ctl/exit              {"count", "code"}: running agents end their job
     GET  /ctl/launches          every launch call: [at, job, attempt, zone, spot, ids]
     GET  /ctl/hooks             webhook deliveries received on POST /hook
+    GET  /ctl/heard             per instance, heartbeats answered since the mark (at most
+                                HEARD_MAX each): {iid: [job, attempt, [[at, url that
+                                answered, first of its "controllers"], ...]]}
 
 Loopback only, bounded by what the controller launches; it never starts a process.
 
@@ -63,6 +73,8 @@ REPORT_BUDGET = 3600.0
 RETRY_MAX = 5.0
 LOG_LINE = b"step %d loss 0.%04d lr 3e-4 tokens/s 123456 (simulated job output)\n"
 IMDS_FMT = "%Y-%m-%dT%H:%M:%SZ"
+ROTATE_STATUSES = frozenset({502, 503, 504})  # as skyjobs/node/client.py: try the next one
+HEARD_MAX = 200  # heartbeats kept per instance after a mark (/ctl/heard)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -95,6 +107,7 @@ class Instance:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     reattached_at: float | None = None
+    heard: list[list[Any]] = field(default_factory=list)  # after a mark: [at, url, first]
 
     def info(self) -> dict[str, Any]:
         return {"instance_id": self.iid, "state": self.state, "reason": self.reason,
@@ -226,6 +239,7 @@ class FleetCloud:
         self.mark_at = time.time()
         for inst in self.instances.values():
             inst.reattached_at = None
+            inst.heard = []
         return web.json_response({"mark_at": self.mark_at})
 
     async def ctl_reclaim(self, request: web.Request) -> web.Response:
@@ -270,6 +284,10 @@ class FleetCloud:
     async def ctl_hooks(self, request: web.Request) -> web.Response:
         return web.json_response({"hooks": self.hooks})
 
+    async def ctl_heard(self, request: web.Request) -> web.Response:
+        return web.json_response({"heard": {i.iid: [i.job_id, i.attempt_id, i.heard]
+                                            for i in self.instances.values() if i.heard}})
+
     async def hook(self, request: web.Request) -> web.Response:
         # A webhook receiver: what arrived when (signatures are the webhook tests' business).
         body = await request.json()
@@ -291,6 +309,7 @@ class FleetCloud:
             web.post("/ctl/exit", self.ctl_exit),
             web.get("/ctl/launches", self.ctl_launches),
             web.get("/ctl/hooks", self.ctl_hooks),
+            web.get("/ctl/heard", self.ctl_heard),
             web.post("/hook", self.hook),
         ])
         return app
@@ -303,8 +322,12 @@ class Agent:
         self.cloud, self.inst = cloud, inst
         env = inst.env
         self.rank = int(env.get("SKYJOBS_NODE_RANK", "0"))
-        self.base = (f"{env['SKYJOBS_CONTROLLER_URL'].rstrip('/')}/agent/v1/attempts/"
-                     f"{env['SKYJOBS_ATTEMPT_ID']}")
+        many = [u.strip().rstrip("/") for u in env.get("SKYJOBS_CONTROLLER_URLS", "").split(",")
+                if u.strip()]
+        self.urls = list(dict.fromkeys(many)) or [env["SKYJOBS_CONTROLLER_URL"].rstrip("/")]
+        self.current = self.urls[0]  # the controller that answered last
+        self.answered = self.current
+        self.path = f"/agent/v1/attempts/{env['SKYJOBS_ATTEMPT_ID']}"
         self.headers = {"Authorization": f"Bearer {env['SKYJOBS_AGENT_TOKEN']}"}
         self.interval = 5.0
         self.log_interval = 1.0  # the controller's; a post carries what was written since
@@ -313,16 +336,48 @@ class Agent:
 
     async def _request(self, method: str, path: str, *, payload: Any = None,
                        data: bytes | None = None, limit_s: float = 10.0) -> Any:
+        """One pass over the controllers from the current one (ControllerClient.request)."""
         assert self.cloud.http is not None
-        async with self.cloud.http.request(
-                method, f"{self.base}{path}", json=payload, data=data, headers=self.headers,
-                timeout=aiohttp.ClientTimeout(total=limit_s)) as resp:
-            body = await resp.read()
-            if resp.status in (401, 404):
-                raise Gone(f"{path}: HTTP {resp.status}")
-            if resp.status >= 400:
-                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+        i = self.urls.index(self.current) if self.current in self.urls else 0
+        failure: Exception = TimeoutError("no controller")
+        for url in self.urls[i:] + self.urls[:i]:
+            try:
+                async with self.cloud.http.request(
+                        method, f"{url}{self.path}{path}", json=payload, data=data,
+                        headers=self.headers, timeout=aiohttp.ClientTimeout(total=limit_s)
+                ) as resp:
+                    body, status, info = await resp.read(), resp.status, resp.request_info
+            except (aiohttp.ClientConnectionError, TimeoutError) as err:
+                self.cloud.counts[f"agent_moved_on_{type(err).__name__}"] += 1
+                failure = err
+                continue
+            if status in ROTATE_STATUSES:
+                self.cloud.counts[f"agent_moved_on_{status}"] += 1
+                failure = aiohttp.ClientResponseError(info, (), status=status)
+                continue
+            if url != self.current:
+                self.cloud.counts["agent_failovers"] += 1
+                self.current = url
+            self.answered = url
+            if status in (401, 404):
+                raise Gone(f"{path}: HTTP {status}")
+            if status >= 400:
+                raise aiohttp.ClientResponseError(info, (), status=status)
             return json.loads(body or b"null")
+        raise failure
+
+    def set_controllers(self, urls: Any) -> None:
+        """A heartbeat answer's list, owner first (ControllerClient.set_controllers: the
+        current controller stays current while listed; --agents-follow-owner: the first)."""
+        if not isinstance(urls, list):
+            return
+        clean = list(dict.fromkeys(u.rstrip("/") for u in urls
+                                   if isinstance(u, str) and u.startswith("http")))
+        if not clean:
+            return
+        self.urls = clean
+        if self.current not in clean or self.cloud.args.agents_follow_owner:
+            self.current = clean[0]
 
     async def _retrying(self, what: str, method: str, path: str, **kw: Any) -> Any:
         """As ControllerClient.retrying: transient failures back off 0.2 s doubling to 5 s."""
@@ -357,6 +412,11 @@ class Agent:
         if self.cloud.mark_at is not None and inst.reattached_at is None:
             inst.reattached_at = time.time()
         reply = reply if isinstance(reply, dict) else {}
+        listed = reply.get("controllers")
+        if self.cloud.mark_at is not None and len(inst.heard) < HEARD_MAX:
+            first = listed[0] if isinstance(listed, list) and listed else None
+            inst.heard.append([time.time(), self.answered, first])
+        self.set_controllers(listed)
         # The controller may choose the interval (in the answer) or only the task may say.
         for key in ("heartbeat_interval", "interval"):
             if isinstance(reply.get(key), int | float) and reply[key] > 0:
@@ -491,6 +551,8 @@ if __name__ == "__main__":
     ap.add_argument("--log-every", type=float, default=10.0,
                     help="each running agent ships one log line this often")
     ap.add_argument("--pool", type=int, default=4096, help="connections to the controller")
+    ap.add_argument("--agents-follow-owner", action="store_true",
+                    help="agents move to the first controller a heartbeat answer lists")
     try:
         asyncio.run(main(ap.parse_args()))
     except KeyboardInterrupt:
