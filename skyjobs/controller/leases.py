@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -93,7 +94,9 @@ class LeaseKeeper:
         _, owned = await store.call(store.sync.renew_leases, self.member, self.lease_s)
         # A margin under the lease: our clock and the database's may disagree a little.
         self.valid_until = sent + self.lease_s * 0.8
-        for job_id in [j for j in self.sv.runners.jobs if j not in owned]:
+        # Only runners of leases we held at the last renewal: one a submit started since
+        # (its lease came with the job) is not in either set yet, and is not lost.
+        for job_id in [j for j in self.sv.runners.jobs if j in self.owned and j not in owned]:
             self.lost += 1
             log.warning("lease lost: standing the job's runner down", job_id=job_id)
             self._stand_down(job_id)
@@ -146,8 +149,10 @@ class LeaseKeeper:
         first = not self._forward
         self._forward.append(Wakeup(job_id, msg.attempt_id, msg.rank, str(msg.kind)))
         if first:
+            # In a context of its own: called from a runner standing down, the runner's
+            # fence (store.leases.FENCE) would refuse the write that hands its reports on.
             asyncio.get_running_loop().call_soon(
-                lambda: asyncio.ensure_future(self._flush()))
+                lambda: asyncio.ensure_future(self._flush()), context=contextvars.Context())
 
     async def _flush(self) -> None:
         batch, self._forward = self._forward, []

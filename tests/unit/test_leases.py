@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from skyjobs.controller import store as st
-from skyjobs.controller.store.leases import FENCE, Wakeup
+from skyjobs.controller.store.leases import FENCE, Fence, Wakeup
 from skyjobs.exceptions import LeaseLostError
 from skyjobs.pricing.catalog import Placement, load_cloud
 
@@ -123,3 +124,37 @@ def test_one_member_at_a_time_holds_a_singleton_duty(store_target: Path | str) -
     finally:
         a.close()
         b.close()
+
+
+async def test_a_standing_down_runners_reports_still_reach_the_owner(
+        store_target: Path | str) -> None:
+    """A runner that lost its lease hands its inbox on as wake-ups: that write must not
+    carry the runner's (now refused) fence."""
+    from types import SimpleNamespace
+
+    from skyjobs.controller.leases import LeaseKeeper
+    from skyjobs.controller.messages import Message
+    from skyjobs.states import MessageKind
+
+    store = st.Store(store_target)
+    try:
+        s = store.sync
+        await store.call(s.register_member, "new", "u", "u", "h", 1)
+        ((job, _),) = await store.call(s.create_leased_jobs, "j", {"spec": {}}, False, "sky",
+                                       1, 1, "new", 30.0)
+        sv = SimpleNamespace(member="old", store=store, config=SimpleNamespace(
+            lease_seconds=30.0, database_url="postgresql://x"))
+        keeper = LeaseKeeper(sv, adopt=None, stand_down=None)  # type: ignore[arg-type]
+        reset = FENCE.set(Fence(job, "old", 1))  # the stood-down runner's own context
+        try:
+            keeper.forward(job, Message(MessageKind.EXIT, 7, 0))
+        finally:
+            FENCE.reset(reset)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            got = await store.call(s.drain_wakeups, "new")
+            if got:
+                break
+        assert got == [Wakeup(job, 7, 0, "exit")]
+    finally:
+        store.close()
