@@ -99,6 +99,7 @@ class Controller:
         self._http: web.AppRunner | None = None
         self._duties: Duties | None = None
         self._keeper: LeaseKeeper | None = None
+        self._lease_store: st.Store | None = None  # the keeper's own session (PostgreSQL)
         self._died: str | None = None  # the side task whose death stopped the daemon
         self._side_tasks: list[asyncio.Task[Any]] = []
         self._store: st.Store | None = None
@@ -175,7 +176,11 @@ class Controller:
         sv.sessions.assume_fleet(sum(a.num_nodes for a in live))
         # Resume: the jobs whose leases are ours, and a share of those nobody holds (on
         # SQLite: every unfinished job), each re-attached as _adopt says.
-        self._keeper = keeper = LeaseKeeper(sv, self._adopt, sv.runners.stand_down)
+        if self.config.database_url is not None:
+            self._lease_store = st.Store(self.config.database_url,
+                                         idle_timeout_s=self.config.lease_seconds * 1.5)
+        self._keeper = keeper = LeaseKeeper(sv, self._adopt, sv.runners.stand_down,
+                                            self._lease_store)
         sv.forward = keeper.forward
         await keeper.start()
         for task in keeper.tasks:
@@ -508,6 +513,9 @@ class Controller:
                 await self._keeper.stop()  # after the runners: no write follows the hand-back
         for provider in self.providers.values():
             await provider.close()
+        if self._lease_store is not None:
+            self._lease_store.close()
+            self._lease_store = None
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from skyjobs.controller import store as st
 from skyjobs.controller.messages import Message
 from skyjobs.controller.store import doorbell
 from skyjobs.controller.store.leases import Wakeup
@@ -41,8 +42,11 @@ WAKEUP_MAX_AGE = 3600.0  # wake-ups nobody took (their job ended) are dropped af
 
 class LeaseKeeper:
     def __init__(self, sv: Services, adopt: Callable[[list[int]], Awaitable[None]],
-                 stand_down: Callable[[int], None]) -> None:
+                 stand_down: Callable[[int], None], store: st.Store | None = None) -> None:
+        """``store``: a store of the keeper's own (its own thread and session), so that
+        renewals never wait behind the jobs' store calls on a busy controller."""
         self.sv = sv
+        self.store = store or sv.store
         self.member = sv.member
         self.lease_s = sv.config.lease_seconds
         self._adopt = adopt
@@ -65,7 +69,7 @@ class LeaseKeeper:
 
     async def start(self) -> None:
         """Register, then resume: adopt the leases still ours and claim what is free."""
-        store = self.sv.store
+        store = self.store
         await store.call(store.sync.register_member, self.member, self.sv.url,
                          self.sv.agent_url, self.sv.host, self.sv.pid)
         await self.renew()
@@ -90,7 +94,7 @@ class LeaseKeeper:
 
     async def renew(self) -> None:
         sent = time.monotonic()
-        store = self.sv.store
+        store = self.store
         _, owned = await store.call(store.sync.renew_leases, self.member, self.lease_s)
         # A margin under the lease: our clock and the database's may disagree a little.
         self.valid_until = sent + self.lease_s * 0.8
@@ -112,7 +116,7 @@ class LeaseKeeper:
             await self._adopt(idle)
 
     async def claim(self) -> None:
-        store = self.sv.store
+        store = self.store
         claimed = await store.call(store.sync.claim_leases, self.member, self.lease_s)
         if not claimed:
             return
@@ -186,7 +190,7 @@ class LeaseKeeper:
         for t in self._tasks:
             t.cancel()
         try:
-            n = await self.sv.store.call(self.sv.store.sync.stop_member, self.member)
+            n = await self.store.call(self.store.sync.stop_member, self.member)
             log.info("leases handed back", count=n)
         except SkyjobsError as err:
             log.warning("could not hand the leases back; they expire", error=str(err))
