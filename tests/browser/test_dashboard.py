@@ -115,6 +115,8 @@ def test_job_recovers_live_with_its_timeline_and_logs(page: Page, dash: Controll
     # local provider's RECOVERING lasts milliseconds: the live event list shows it).
     states = page.evaluate("window.__states")
     assert "RUNNING" in states and states[-1] == "SUCCEEDED", states
+    # The badge and the event list refresh separately: the list may be a poll behind.
+    expect(page.locator("#job-events")).to_contain_text("SUCCEEDED", timeout=10_000)
     assert _in_order([("RUNNING", "RECOVERING"), ("RECOVERING", "PROVISIONING"),
                       ("PROVISIONING", "RUNNING"), ("RUNNING", "SUCCEEDED")],
                      _transitions(page)), _transitions(page)

@@ -225,7 +225,8 @@ def test_the_usage_migration_backfills_ended_attempts(store_target: Path | str) 
     old.conn.execute("DROP INDEX attempts_status")
     old.conn.execute("DROP INDEX jobs_ended")  # and the retention migration after it
     old.conn.execute("DROP INDEX outbox_job")
-    for table in ("job_leases", "wakeups", "controllers"):  # and the leases' migration
+    # and the leases' and the shared logs' migrations
+    for table in ("job_leases", "wakeups", "controllers", "log_chunks", "archives"):
         old.conn.execute(f"DROP TABLE {table}")
     set_schema_version(old, 7)
     old.close()
