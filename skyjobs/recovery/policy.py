@@ -141,27 +141,41 @@ def spot_slack_rate(ctx: RankingContext, candidates: list[Candidate] | None = No
     """Seconds of slack one hour of spot work is expected to use up from now on: each
     preemption costs a restart, the unsaved work and the failed launches before the next
     start, those at the zone's *long-run* no-capacity share but at most the slack of
-    bridging the outage (:func:`future_wait_s`). The best spot candidate's
-    estimate counts, since that is where the job will run."""
+    bridging the outage (:func:`future_wait_s`). At the best spot candidate
+    (:func:`_best_spot`), since that is where the job will run."""
     return _best_spot(ctx, candidates)[0]
 
 
 def _best_spot(ctx: RankingContext,
                candidates: list[Candidate] | None) -> tuple[float, float]:
     """(slack per hour of spot work, expected wait for the next start) at the spot candidate
-    with the lowest rate."""
+    that needs the least slack for the rest of the job: its wait now plus the remaining work
+    times its rate. (Before the seventh pass: the candidate with the lowest rate, and *its*
+    wait now, which after a failure there was the wait at a zone the job would not launch
+    in next; docs/policy.md, "Seventh pass".)
+
+    The estimates are the memory's own (:meth:`PreemptionMemory.estimate`), not
+    :func:`zone_estimate`: :func:`still_down_p` says whether a zone is down at this instant,
+    which decides where to launch; it is not a wait. Through ``q/(1-q)`` it would read a
+    zone seen down a minute ago as 99 failed launches away, and the line would bridge with
+    on-demand whenever every zone had just failed, also far from the deadline (on the
+    16-node sets at job + 50%; "Seventh pass")."""
     memory = ctx.memory or _PRIOR
     keys = [memory_key(c.placement) for c in candidates or () if c.placement.use_spot]
     if not keys and ctx.last is not None and ctx.last.use_spot:
         keys = [memory_key(ctx.last)]
-    best = (math.inf, 0.0)
-    for key in keys or [("", "", "", "", True)]:
-        est = memory.estimate(key, ctx.now)
+    ests = [memory.estimate(key, ctx.now) for key in keys or [("", "", "", "", True)]]
+    remaining_h = max(0.0, (ctx.expected_runtime_s or 0.0) - ctx.progress_s) / 3600
+    best: tuple[float, float, float] | None = None
+    for est in ests:
         per_event = (ctx.restart_s + lost_work_s(ctx) / 2
                      + future_wait_s(est.long_run_no_capacity, ctx))
-        best = min(best, (est.hazard_per_hour * per_event,
-                          launch_wait_s(est.p_no_capacity, ctx)))
-    return best
+        rate = est.hazard_per_hour * per_event
+        wait = launch_wait_s(est.p_no_capacity, ctx)
+        if best is None or wait + remaining_h * rate < best[0]:
+            best = (wait + remaining_h * rate, rate, wait)
+    assert best is not None
+    return best[1], best[2]
 
 
 def slack_needed_s(ctx: RankingContext, candidates: list[Candidate] | None = None) -> float:
@@ -175,7 +189,11 @@ def slack_needed_s(ctx: RankingContext, candidates: list[Candidate] | None = Non
     made the job buy on-demand hours for outages that were over within minutes. A later
     outage costs the slack of waiting it out or, when that is more, of bridging it; reserving
     the whole wait for every expected outage bought on-demand hours for outages the job
-    could have bridged if and when they came (docs/policy.md, multinode-s1-16n)."""
+    could have bridged if and when they came (docs/policy.md, multinode-s1-16n).
+
+    The best spot candidate is the one whose own wait now and remaining use need the least
+    slack: the job starts where it is cheapest to, not necessarily at the zone with the
+    lowest long-run rate, which may be the zone that just failed (seventh pass)."""
     assert ctx.expected_runtime_s is not None
     remaining_h = max(0.0, ctx.expected_runtime_s - ctx.progress_s) / 3600
     rate, wait_now = _best_spot(ctx, candidates)
@@ -235,9 +253,52 @@ def _price(p: Placement, ctx: RankingContext) -> tuple[float, str]:
     return price, quote.label()
 
 
+def still_down_p(memory: PreemptionMemory, key: MemoryKey, now: float,
+                 long_run: float) -> float:
+    """Probability that a zone whose latest capacity evidence is a failure (a launch that
+    found no capacity, or a preemption) still has none now; 0 if its latest evidence is a
+    successful launch, or there is none.
+
+    Capacity is a state that persists: what the zone did last says more than the mix of
+    what it did over the last hour, which is all :meth:`PreemptionMemory.p_no_capacity`
+    pools (a stint's successful launch half an hour ago and its preemption now read as one
+    success and one failure, 0.43-0.65 no-capacity). Taken as a two-state chain relaxing to
+    the zone's long-run share ``b`` at the capacity evidence's own half-life
+    (``capacity_half_life_s``, 1 h), the chance it is still down ``a`` seconds after the
+    failure is ``b + (1 - b) x 0.5 ** (a / half_life)``: 1 at once (relaunched right after
+    its preemption, the zone had no capacity in all 1,520 such launches replayed on nine
+    trace sets, where the memory said 0.6-0.9), ``b`` after some hours. No new constant
+    (docs/policy.md, "Seventh pass")."""
+    failed = max(memory.last(key, "no_capacity") or -math.inf,
+                 memory.last(key, "preemption") or -math.inf)
+    ok = memory.last(key, "launch_ok")
+    if failed == -math.inf or (ok is not None and ok >= failed):
+        return 0.0
+    age = max(0.0, now - failed)
+    return long_run + (1 - long_run) * 0.5 ** (age / memory.config.capacity_half_life_s)
+
+
+def zone_estimate(p: Placement, ctx: RankingContext) -> ZoneEstimate:
+    """The memory's estimate for ``p`` now, as the ranking and the cost model see it. For
+    DEADLINE_AWARE, which does not keep to the controller's zone cooldown and prices a
+    preempted zone through its memory instead, the capacity now is at least
+    :func:`still_down_p`: a zone that just failed is taken as still down, fading to its
+    long-run share. (The other strategies rank a preempted zone last for the cooldown;
+    their estimate is the memory's. The pacing line keeps the memory's, :func:`_best_spot`.)"""
+    memory = ctx.memory or _PRIOR
+    key = memory_key(p)
+    est = memory.estimate(key, ctx.now)
+    if ctx.strategy != "DEADLINE_AWARE" or not p.use_spot:
+        return est
+    q = still_down_p(memory, key, ctx.now, est.long_run_no_capacity)
+    if q <= est.p_no_capacity:
+        return est
+    return ZoneEstimate(est.hazard_per_hour, q, est.long_run_no_capacity)
+
+
 def _estimate(p: Placement, ctx: RankingContext, est: ZoneEstimate | None) -> ZoneEstimate:
-    """The memory's estimate for ``p`` now, unless the caller already has it (``est``)."""
-    return est if est is not None else (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    """The estimate for ``p`` now (:func:`zone_estimate`), unless the caller has it."""
+    return est if est is not None else zone_estimate(p, ctx)
 
 
 def slack_rate_h(p: Placement, ctx: RankingContext, est: ZoneEstimate | None = None) -> float:
@@ -371,7 +432,7 @@ def expected_cost_per_hour(p: Placement, ctx: RankingContext) -> tuple[float, st
     price, price_label = _price(p, ctx)
     if not p.use_spot:
         return price, f"{price_label}, on-demand"
-    est = (ctx.memory or _PRIOR).estimate(memory_key(p), ctx.now)
+    est = zone_estimate(p, ctx)
     hazard = est.hazard_per_hour
     loss_h = (ctx.restart_s + lost_work_s(ctx) / 2) / 3600.0
     money = price * (1 + hazard * loss_h)

@@ -24,7 +24,9 @@ from skyjobs.recovery.policy import (
     slack_needed_s,
     slack_rate_h,
     slack_value_per_hour,
+    still_down_p,
     wait_now_h,
+    zone_estimate,
     zone_key,
 )
 from skyjobs.spec import JobRecovery, TaskSpec
@@ -182,7 +184,10 @@ def test_pacing_line_counts_the_capacity_now_once_and_the_long_run_for_future_st
     c.expected_runtime_s = c.progress_s + 40 * H  # 40 h of work left
     c.deadline_at = c.now + 45 * H
     long_run = (0.3 * 2 + 5) / (2 + 5)  # 0.8
+    # The line takes the memory's own capacity-now estimate, not still_down_p (which is 1
+    # at this instant and decides only where to launch): seventh pass.
     now_q = (long_run + 5) / (1 + 5)
+    assert still_down_p(mem, key, c.now, long_run) == 1.0 > now_q
     assert launch_wait_s(now_q, c) == pytest.approx(now_q / (1 - now_q) * 60)
     expect = 0.1 * H + launch_wait_s(now_q, c) + 40 * 0.1 * (180 + long_run / 0.2 * 60)
     assert slack_needed_s(c, only_1a) == pytest.approx(expect, rel=1e-3)
@@ -355,3 +360,68 @@ def test_a_move_prices_the_target_through_its_memory():
     mem = failing("us-east-1a", 8, 10 * H - 600)
     move = move_decision(cands(), running("us-west-2a", 1.0, memory=mem), 2 * H)
     assert move.target is None or move.target.zone == "us-east-1b"
+
+
+def test_a_zone_whose_latest_evidence_is_a_failure_is_taken_as_still_down():
+    # Seventh pass: capacity is a state; the chance the zone is still down fades from 1 at
+    # the failure to the long-run share b at the capacity half-life (1 h).
+    mem = PreemptionMemory()
+    key = memory_key(place("us-east-1a"))
+    assert still_down_p(mem, key, 10 * H, 0.3) == 0.0  # no evidence
+    mem.record(key, "launch_ok", 9 * H)
+    assert still_down_p(mem, key, 10 * H, 0.3) == 0.0  # latest evidence: a start
+    mem.record(key, "preemption", 9.5 * H)
+    assert still_down_p(mem, key, 9.5 * H, 0.3) == 1.0
+    assert still_down_p(mem, key, 10.5 * H, 0.3) == pytest.approx(0.3 + 0.7 / 2)
+    assert still_down_p(mem, key, 30 * H, 0.3) == pytest.approx(0.3, abs=1e-5)
+    mem.record(key, "no_capacity", 10 * H)  # a failed launch counts the same
+    assert still_down_p(mem, key, 11 * H, 0.3) == pytest.approx(0.65)
+    mem.record(key, "launch_ok", 10.2 * H)
+    assert still_down_p(mem, key, 10.2 * H, 0.3) == 0.0
+
+
+def test_deadline_aware_does_not_retry_the_zone_it_was_just_preempted_in():
+    # A stint that started 30 minutes ago and was preempted now: the memory pools one
+    # success and one failure (below 0.7 no-capacity); DEADLINE_AWARE takes the zone as
+    # still down and, with a tight deadline, starts elsewhere. COST_AWARE keeps the
+    # memory's estimate (it keeps to the controller's cooldown instead).
+    mem = PreemptionMemory()
+    a = place("us-east-1a")
+    key = memory_key(a)
+    mem.record(key, "launch_ok", 10 * H - 1800)
+    mem.record(key, "run_seconds", 10 * H, 1800)
+    mem.record(key, "preemption", 10 * H)
+    kw = dict(memory=mem, last=a, last_end="preempted", launch_fail_s=300.0)
+    da = deadline_ctx("DEADLINE_AWARE", 0.5, **kw)
+    ca = deadline_ctx("COST_AWARE", 0.5, **kw)
+    assert mem.estimate(key, da.now).p_no_capacity < 0.7
+    assert zone_estimate(a, da).p_no_capacity == 1.0
+    assert zone_estimate(a, ca) == mem.estimate(key, ca.now)
+    assert zones(rank(cands(), da))[0] != "us-east-1a"
+
+
+def test_pacing_line_takes_the_spot_candidate_that_needs_the_least_slack():
+    # us-east-1a has the lowest long-run rate (nine hours of clean running) but has just
+    # failed five times; us-east-1b is unseen. The line takes the candidate whose own wait
+    # now and remaining use need the least slack (1b), not the lowest rate's wait (1a's),
+    # and the memory's estimates (not still_down_p).
+    mem = PreemptionMemory()
+    a, b = place("us-east-1a"), place("us-east-1b")
+    mem.record(memory_key(a), "launch_ok", 0.0)
+    mem.record(memory_key(a), "run_seconds", 9 * H, 9 * H)
+    for _ in range(5):
+        mem.record(memory_key(a), "no_capacity", 10 * H)
+    two = [c for c in cands() if c.placement.zone in ("us-east-1a", "us-east-1b")]
+    c = deadline_ctx("DEADLINE_AWARE", 1.0, memory=mem, last=a, last_end="no_capacity",
+                     launch_fail_s=300.0)
+    est_a, est_b = mem.estimate(memory_key(a), c.now), mem.estimate(memory_key(b), c.now)
+    assert est_a.hazard_per_hour < est_b.hazard_per_hour
+    assert est_a.p_no_capacity > est_b.p_no_capacity
+
+    def need(est):
+        later = min(launch_wait_s(est.long_run_no_capacity, c), bridge_s(c))
+        return (safety_reserve_s(c) + launch_wait_s(est.p_no_capacity, c)
+                + 10 * est.hazard_per_hour * (180 + later))
+
+    assert need(est_b) < need(est_a)
+    assert slack_needed_s(c, two) == pytest.approx(need(est_b), rel=1e-6)
