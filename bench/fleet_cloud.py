@@ -327,6 +327,7 @@ class Agent:
         self.urls = list(dict.fromkeys(many)) or [env["SKYJOBS_CONTROLLER_URL"].rstrip("/")]
         self.current = self.urls[0]  # the controller that answered last
         self.answered = self.current
+        self.moved = False  # the last heartbeat answer sent it to another controller
         self.path = f"/agent/v1/attempts/{env['SKYJOBS_ATTEMPT_ID']}"
         self.headers = {"Authorization": f"Bearer {env['SKYJOBS_AGENT_TOKEN']}"}
         self.interval = 5.0
@@ -416,7 +417,9 @@ class Agent:
         if self.cloud.mark_at is not None and len(inst.heard) < HEARD_MAX:
             first = listed[0] if isinstance(listed, list) and listed else None
             inst.heard.append([time.time(), self.answered, first])
+        before = self.answered
         self.set_controllers(listed)
+        self.moved = self.current != before  # sent to the owner: heartbeat there at once
         # The controller may choose the interval (in the answer) or only the task may say.
         for key in ("heartbeat_interval", "interval"):
             if isinstance(reply.get(key), int | float) and reply[key] > 0:
@@ -481,8 +484,10 @@ class Agent:
             now = loop.time()
             if now >= next_hb:
                 reply = await self.heartbeat()
-                # A failed heartbeat is retried after 1 s, as the real agent does.
-                next_hb = loop.time() + (self.interval if reply is not None else 1.0)
+                # A failed heartbeat is retried after 1 s, as the real agent does; one that
+                # sent the agent to its job's owner is sent there at once, as it does too.
+                next_hb = loop.time() + (0.0 if reply is not None and self.moved else
+                                         self.interval if reply is not None else 1.0)
                 if reply and reply.get("drain"):
                     inst.exit_code = 143
             if now >= next_log:

@@ -312,9 +312,12 @@ class Agent:
                 body = {"rank": self.rank, "wait_go": GO_WAIT_SECONDS if waiting else 0}
                 reply = self.client.call("POST", "/heartbeat", body,
                                          timeout=GO_WAIT_SECONDS + 10 if waiting else 10)
+                moved = False
                 if reply:
                     self._take_intervals(reply)
-                    self._take_controllers(reply)
+                    moved = self._take_controllers(reply)
+                if moved:
+                    continue  # sent to the job's owner: be heard there now, not next beat
                 if reply and reply.get("drain"):
                     self._on_drain()
                 if reply and reply.get("go"):
@@ -336,12 +339,16 @@ class Agent:
                     and 0.5 <= value <= 600:
                 self.task[key] = float(value)
 
-    def _take_controllers(self, reply: dict[str, Any]) -> None:
+    def _take_controllers(self, reply: dict[str, Any]) -> bool:
         """The controllers alive now, owner first: where to fail over to when the current
-        one goes away (controllers come and go; the launch's list ages)."""
+        one goes away (controllers come and go; the launch's list ages). True when the
+        answer moved the agent to another controller (a redirect to its job's owner)."""
         urls = reply.get("controllers")
-        if isinstance(urls, list) and all(isinstance(u, str) for u in urls):
-            self.client.set_controllers(urls)
+        if not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
+            return False
+        before = self.client.current
+        self.client.set_controllers(urls)
+        return self.client.current != before
 
     def _log_loop(self) -> None:
         while not self.done.wait(float(self.task.get("log_interval", 1.0))):

@@ -288,6 +288,16 @@ def test_the_agent_reads_its_controllers_and_takes_the_heartbeats_list() -> None
     assert alone.client.controllers == ["http://old:1"]
 
 
+def test_an_answer_that_sends_the_agent_elsewhere_says_so() -> None:
+    """A controller that does not run the job answers with the owner first and itself left
+    out: the agent moves there (and its heartbeat loop beats again at once)."""
+    agent = Agent(agent_env(SKYJOBS_CONTROLLER_URLS="http://a:1,http://b:2"))
+    assert agent.client.current == "http://a:1"
+    assert agent._take_controllers({"controllers": ["http://a:1", "http://b:2"]}) is False
+    assert agent._take_controllers({"controllers": ["http://b:2"]}) is True
+    assert agent.client.current == "http://b:2"
+
+
 def test_the_agent_stops_with_one_clear_line_on_bad_urls(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
            **agent_env(SKYJOBS_CONTROLLER_URLS="http://a:1,file:///etc/passwd")}
