@@ -632,17 +632,21 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
 async def _owner_elsewhere(ctl: Services, attempt: st.Attempt) -> dict[str, Any] | None:
     """A heartbeat for a job another controller runs (the agent failed over here, or its
     job was taken over): the answer sends the agent to the owner, which alone holds the go
-    gate and judges silence. Reports (events, logs) are taken here and forwarded."""
+    gate and judges silence. Reports (events, logs) are taken here and forwarded. While no
+    live controller holds the job (its owner just died), the agent is answered and kept
+    here, untracked (this controller may never run it), until one takes it over."""
     if ctl.config.database_url is None or attempt.job_id in ctl.runners:
         return None
     owner, url = await _db(ctl, ctl.store.sync.owner_of, attempt.job_id,
                            ctl.config.lease_seconds)
-    if owner is None or owner == ctl.member or not url:
-        return None  # nobody holds it (yet): answer as usual
+    if owner == ctl.member:
+        return None  # ours, its runner starting: answer as usual
+    here = [ctl.agent_url, *ctl.peer_urls]
     return {"go": False, "drain": False,
             "heartbeat_interval": ctl.sessions.heartbeat_interval(),
             "log_interval": ctl.sessions.log_interval(),
-            "controllers": [url, *(u for u in ctl.peer_urls if u != url)]}
+            "controllers": [url, *(u for u in ctl.peer_urls if u != url)] if owner and url
+            else here}
 
 
 async def _heartbeat_body(request: web.Request) -> tuple[int, float]:
@@ -671,7 +675,10 @@ async def agent_event(request: web.Request) -> web.Response:
     rank_ = _rank(body.rank, attempt.num_nodes)
     kind, phase, code = body.kind, body.phase, body.exit_code
     s = ctl.store.sync
-    if not attempt.released:  # a straggler's report is recorded, but tracked nowhere
+    if not attempt.released and (ctl.config.database_url is None
+                                 or attempt.job_id in ctl.runners):
+        # (A straggler's report, or one for a job another controller runs, is recorded
+        # but tracked nowhere here: nothing would ever drop it.)
         ctl.sessions.heard(attempt.id, rank_)
     if kind == "notice" or (kind == "exit" and body.noticed):
         await ctl.sessions.record_notice(attempt, rank_, body.notice,
