@@ -367,7 +367,7 @@ class Agent:
             return json.loads(body or b"null")
         raise failure
 
-    def set_controllers(self, urls: Any) -> None:
+    def set_controllers(self, urls: Any, move_to_first: bool = False) -> None:
         """A heartbeat answer's list, owner first (ControllerClient.set_controllers: the
         current controller stays current while listed; --agents-follow-owner: the first)."""
         if not isinstance(urls, list):
@@ -377,7 +377,7 @@ class Agent:
         if not clean:
             return
         self.urls = clean
-        if self.current not in clean or self.cloud.args.agents_follow_owner:
+        if self.current not in clean or move_to_first or self.cloud.args.agents_follow_owner:
             self.current = clean[0]
 
     async def _retrying(self, what: str, method: str, path: str, **kw: Any) -> Any:
@@ -418,7 +418,7 @@ class Agent:
             first = listed[0] if isinstance(listed, list) and listed else None
             inst.heard.append([time.time(), self.answered, first])
         before = self.answered
-        self.set_controllers(listed)
+        self.set_controllers(listed, move_to_first=reply.get("redirect") is True)
         self.moved = self.current != before  # sent to the owner: heartbeat there at once
         # The controller may choose the interval (in the answer) or only the task may say.
         for key in ("heartbeat_interval", "interval"):

@@ -852,13 +852,14 @@ class HeartbeatReply(_Reply):
     (longer as the controller's fleet grows). A heartbeat of an attempt whose instances
     are already released gets only ``go: false, drain: true``. ``controllers``: the
     controllers' agent URLs, the job's owner first (several controllers on one database):
-    an agent that reached another one is sent to the owner this way."""
+    an agent that reached another one is sent to the owner this way (``redirect``)."""
 
     go: bool
     drain: bool
     heartbeat_interval: float | None = None
     log_interval: float | None = None
     controllers: list[str] | None = None
+    redirect: bool | None = None  # go to ``controllers[0]`` (the owner) now
 
 
 class Ok(_Reply):

@@ -642,11 +642,14 @@ async def _owner_elsewhere(ctl: Services, attempt: st.Attempt) -> dict[str, Any]
     if owner == ctl.member:
         return None  # ours, its runner starting: answer as usual
     here = [ctl.agent_url, *ctl.peer_urls]
-    return {"go": False, "drain": False,
-            "heartbeat_interval": ctl.sessions.heartbeat_interval(),
-            "log_interval": ctl.sessions.log_interval(),
-            "controllers": [url, *(u for u in ctl.peer_urls if u != url)] if owner and url
-            else here}
+    reply: dict[str, Any] = {"go": False, "drain": False,
+                             "heartbeat_interval": ctl.sessions.heartbeat_interval(),
+                             "log_interval": ctl.sessions.log_interval(), "controllers": here}
+    if owner and url:
+        # To the owner, with every other controller (this one included) behind it: if the
+        # owner has just died, the agent fails over back here instead of being stranded.
+        reply.update(redirect=True, controllers=[url, *(u for u in here if u != url)])
+    return reply
 
 
 async def _heartbeat_body(request: web.Request) -> tuple[int, float]:

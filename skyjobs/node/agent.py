@@ -347,7 +347,7 @@ class Agent:
         if not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
             return False
         before = self.client.current
-        self.client.set_controllers(urls)
+        self.client.set_controllers(urls, move_to_first=reply.get("redirect") is True)
         return self.client.current != before
 
     def _log_loop(self) -> None:

@@ -108,18 +108,19 @@ class ControllerClient:
         with self._lock:
             return self._current
 
-    def set_controllers(self, urls: Sequence[str]) -> None:
+    def set_controllers(self, urls: Sequence[str], move_to_first: bool = False) -> None:
         """Replace the list (a heartbeat answer carries the live controllers, owner first).
         Entries that are not http(s) URLs are skipped; a list without any valid one leaves
         the current list alone, so a bad answer cannot strand the agent. The current
-        controller stays current while listed: any controller serves the agent, and moving
-        would cost each thread a new connection."""
+        controller stays current while listed (any controller serves the agent, and moving
+        would cost each thread a new connection), unless ``move_to_first``: the answer
+        was a redirect to the job's owner."""
         clean = _unique(u for u in map(_valid_url, urls) if u)
         if not clean:
             return
         with self._lock:
             self._urls = clean
-            if self._current not in clean:
+            if self._current not in clean or move_to_first:
                 self._current = clean[0]
 
     def _connection(self, url: str, timeout: float) -> http.client.HTTPConnection:

@@ -289,13 +289,17 @@ def test_the_agent_reads_its_controllers_and_takes_the_heartbeats_list() -> None
 
 
 def test_an_answer_that_sends_the_agent_elsewhere_says_so() -> None:
-    """A controller that does not run the job answers with the owner first and itself left
-    out: the agent moves there (and its heartbeat loop beats again at once)."""
+    """A controller that does not run the job answers with a redirect to the owner: the
+    agent moves there (and its heartbeat loop beats again at once)."""
     agent = Agent(agent_env(SKYJOBS_CONTROLLER_URLS="http://a:1,http://b:2"))
     assert agent.client.current == "http://a:1"
     assert agent._take_controllers({"controllers": ["http://a:1", "http://b:2"]}) is False
-    assert agent._take_controllers({"controllers": ["http://b:2"]}) is True
+    # A redirect names the owner first and keeps the answering controller in the list, so
+    # an owner that has just died leaves a way back.
+    assert agent._take_controllers({"controllers": ["http://b:2", "http://a:1"],
+                                    "redirect": True}) is True
     assert agent.client.current == "http://b:2"
+    assert agent.client.controllers == ["http://b:2", "http://a:1"]
 
 
 def test_the_agent_stops_with_one_clear_line_on_bad_urls(tmp_path: Path) -> None:
