@@ -328,6 +328,7 @@ class Agent:
         self.current = self.urls[0]  # the controller that answered last
         self.answered = self.current
         self.moved = False  # the last heartbeat answer sent it to another controller
+        self.rebeat = False  # the last heartbeat was an immediate one after such a move
         self.path = f"/agent/v1/attempts/{env['SKYJOBS_ATTEMPT_ID']}"
         self.headers = {"Authorization": f"Bearer {env['SKYJOBS_AGENT_TOKEN']}"}
         self.interval = 5.0
@@ -486,7 +487,10 @@ class Agent:
                 reply = await self.heartbeat()
                 # A failed heartbeat is retried after 1 s, as the real agent does; one that
                 # sent the agent to its job's owner is sent there at once, as it does too.
-                next_hb = loop.time() + (0.0 if reply is not None and self.moved else
+                # (Once per beat: an owner that has just died sends it straight back.)
+                rebeat = reply is not None and self.moved and not self.rebeat
+                self.rebeat = rebeat
+                next_hb = loop.time() + (0.0 if rebeat else
                                          self.interval if reply is not None else 1.0)
                 if reply and reply.get("drain"):
                     inst.exit_code = 143

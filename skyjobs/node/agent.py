@@ -305,6 +305,7 @@ class Agent:
             self._upload("periodic")
 
     def _heartbeat_loop(self) -> None:
+        rebeat = False  # the last beat was an immediate one after a redirect
         while not self.done.is_set():
             waiting = not self.go.is_set()
             try:
@@ -316,8 +317,12 @@ class Agent:
                 if reply:
                     self._take_intervals(reply)
                     moved = self._take_controllers(reply)
-                if moved:
-                    continue  # sent to the job's owner: be heard there now, not next beat
+                if moved and not rebeat:
+                    # Sent to the job's owner: be heard there now, not next beat. Once per
+                    # beat: an owner that has just died sends it straight back here.
+                    rebeat = True
+                    continue
+                rebeat = False
                 if reply and reply.get("drain"):
                     self._on_drain()
                 if reply and reply.get("go"):
