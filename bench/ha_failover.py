@@ -53,6 +53,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
+from fleet import http  # (bench/ is on the path: this file runs as a script beside it)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = os.environ.get("SKYJOBS_BENCH_DATABASE_URL",
@@ -86,18 +87,6 @@ def pct(values: list[float], q: float) -> float | None:
 def dist(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "p50_s": pct(values, 0.5), "p99_s": pct(values, 0.99),
             "max_s": pct(values, 1.0)}
-
-
-def http(method: str, url: str, body: Any = None, token: str | None = None,
-         timeout: float = 60.0) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
 
 
 def wait(what: str, check: Callable[[], Any], limit_s: float, every: float = 0.5) -> Any:
