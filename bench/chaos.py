@@ -838,7 +838,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="every Nth job has two nodes (0: none)")
     p.add_argument("--multinode-copy", action="store_true",
                    help="multi-node jobs use COPY buckets (default MOUNT)")
+    p.add_argument("--database-url", default=None,
+                   help="run the controller on this PostgreSQL database (an empty one: "
+                        "the run leaves its rows) instead of SQLite in the state dir")
     a = p.parse_args(argv)
+    if a.database_url:
+        CHAOS_ENV["SKYJOBS_DATABASE_URL"] = a.database_url
     faults = dict(a.faults)
     faults.setdefault("seed", a.seed)
     from skyjobs.providers.faulty import FaultPlan
