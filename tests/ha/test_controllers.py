@@ -116,7 +116,7 @@ def test_a_killed_controllers_jobs_are_taken_over_and_finish(cluster: Cluster) -
         # Re-attached, not relaunched: the instances outlived their controller.
         assert len(procs[1].job(j)["attempt_list"]) == attempts_before[j], procs[1].events(j)
     launched = procs[1].query("SELECT instance_ids FROM attempts")
-    ids = [i for (row,) in launched for i in __import__("json").loads(row)]
+    ids = [i for (row,) in launched for i in json.loads(row)]
     assert len(ids) == len(set(ids))  # no instance id launched twice
     wait_for("every instance released", lambda: procs[1].query(
         "SELECT COUNT(*) FROM attempts WHERE released=0")[0][0] == 0, timeout=60)

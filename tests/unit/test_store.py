@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from skyjobs.controller import store as st
+from skyjobs.controller.store.dialect import dialect_for
 from skyjobs.exceptions import ConfigError, IllegalTransitionError, NotFoundError
 from skyjobs.pricing.catalog import Placement, load_cloud
 
@@ -265,7 +266,7 @@ def test_a_store_from_a_newer_skyjobs_is_refused_untouched(store_target: Path | 
     with pytest.raises(ConfigError, match="newer than this skyjobs knows"):
         st.SyncStore(store_target)
     check = st.SyncStore.__new__(st.SyncStore)  # read the version without migrating
-    check.d = st.SyncStore.__init__.__globals__["dialect_for"](store_target)
+    check.d = dialect_for(store_target)
     check.conn = check.d.connect()
     assert check.schema_version() == len(st.MIGRATIONS) + 1
     check.close()
